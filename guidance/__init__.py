@@ -1,0 +1,1 @@
+"""Guidance losses and the networks they use: plain torch, never imports ComfyUI."""

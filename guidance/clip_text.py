@@ -1,0 +1,80 @@
+"""CLIP text guidance (paper §4.1): negative cosine similarity of CLIP image and text embeddings."""
+from __future__ import annotations
+
+import kornia
+import open_clip
+import torch
+import torch.nn.functional as F
+
+
+def build_clip_model(architecture: str, state_dict: dict | None = None) -> torch.nn.Module:
+    """An open_clip model of `architecture`, with `state_dict` loaded if given, in eval mode."""
+    if architecture not in open_clip.list_models():
+        raise ValueError(f"Unknown open_clip architecture {architecture!r}; known ones include {open_clip.list_models()[:8]}.")
+    model = open_clip.create_model(architecture, pretrained=None)
+    if state_dict is not None:
+        state_dict = state_dict.get("state_dict", state_dict)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if missing:
+            raise ValueError(
+                f"The weights do not fit open_clip {architecture!r}: {len(missing)} tensors missing "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected. Pick the architecture the file was saved from."
+            )
+    return model.eval().requires_grad_(False)
+
+
+def encode_text(model: torch.nn.Module, architecture: str, text: str) -> torch.Tensor:
+    """(1, D) CLIP text embedding of `text`, computed without gradients."""
+    tokens = open_clip.get_tokenizer(architecture)([text])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model.encode_text(tokens.to(device)).float()
+
+
+def clip_preprocess(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Differentiable CLIP preprocessing of (B, 3, H, W) in [0, 1]: centre square crop, bicubic resize, normalise.
+
+    Unlike the reference, which normalises with ImageNet statistics (ugd-reference.md §0.8), this uses
+    the model's own mean and std, and it does not round to 8 bits (which would zero the gradient).
+    """
+    h, w = image.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[..., top : top + side, left : left + side]
+    resized = kornia.geometry.transform.resize(square, (size, size), interpolation="bicubic", antialias=True)
+    return kornia.enhance.normalize(resized, mean, std)
+
+
+def negative_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """−cos(a, b) along the last dimension, broadcasting the batch."""
+    return -(F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1)
+
+
+class CLIPTextLoss:
+    """ℓ = −cos(CLIP_image(x), CLIP_text(prompt)) for each sample."""
+
+    def __init__(self, model: torch.nn.Module, text_embedding: torch.Tensor):
+        self.model = model
+        self.text_embedding = text_embedding
+        cfg = model.visual.preprocess_cfg
+        size = cfg["size"]
+        self.size = size if isinstance(size, int) else size[0]
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+
+    def check(self, batch: int, height: int, width: int) -> None:
+        if self.text_embedding.shape[0] not in (1, batch):
+            raise ValueError(f"{self.text_embedding.shape[0]} text embeddings cannot guide {batch} samples.")
+
+    def bind(self, device: torch.device):
+        model = self.model
+        parameter = next(model.parameters())
+        text = self.text_embedding.to(device=parameter.device, dtype=torch.float32).clone()
+        mean = torch.tensor(self.mean, device=parameter.device)
+        std = torch.tensor(self.std, device=parameter.device)
+
+        def loss(image: torch.Tensor) -> torch.Tensor:
+            pixels = clip_preprocess(image.to(parameter.device, torch.float32), self.size, mean, std)
+            embedding = model.encode_image(pixels.to(parameter.dtype)).float()
+            return negative_cosine(embedding, text).to(image.device)
+
+        return loss

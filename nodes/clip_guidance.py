@@ -1,0 +1,114 @@
+"""CLIP text guidance nodes: load an open_clip model, and guide towards a text prompt."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import open_clip
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from ..guidance.clip_text import CLIPTextLoss, build_clip_model, encode_text
+from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
+from .model_folder import MODEL_FOLDER, model_folder_hint
+
+log = logging.getLogger(__name__)
+
+CLIP_GUIDANCE_MODEL = "UGD_CLIP_MODEL"
+DOWNLOAD = "(download pretrained_tag)"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipGuidanceModel:
+    """An open_clip model under ComfyUI's memory management, with the name of its tokenizer."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    tokenizer: str
+
+    @classmethod
+    def wrap(cls, model, tokenizer: str) -> "ClipGuidanceModel":
+        patcher = comfy.model_patcher.ModelPatcher(
+            model,
+            load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device(),
+        )
+        return cls(patcher, tokenizer)
+
+
+def _load_state_dict(architecture: str, weights: str, pretrained_tag: str):
+    if weights != DOWNLOAD:
+        return comfy.utils.load_torch_file(folder_paths.get_full_path(MODEL_FOLDER, weights), safe_load=True)
+    cache_dir = os.path.join(folder_paths.get_folder_paths(MODEL_FOLDER)[0], "open_clip")
+    log.info("Downloading open_clip %s/%s into %s (once).", architecture, pretrained_tag, cache_dir)
+    try:
+        model = open_clip.create_model(architecture, pretrained=pretrained_tag, cache_dir=cache_dir, require_pretrained=True)
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not get open_clip weights {architecture}/{pretrained_tag}: {error}. Without internet, save the "
+            f"model's state dict as a .safetensors or .pt file in {model_folder_hint()} and choose it in 'weights'."
+        ) from error
+    return model.state_dict()
+
+
+class CLIPGuidanceModelLoader:
+    DESCRIPTION = "Loads an open_clip model for CLIP guidance, from a file in models/ugd or by downloading pretrained weights."
+    CATEGORY = "universal_guidance/loaders"
+    RETURN_TYPES = (CLIP_GUIDANCE_MODEL,)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "architecture": (open_clip.list_models(), {"default": "RN50", "tooltip": "open_clip architecture (the paper uses RN50)."}),
+            "weights": ([DOWNLOAD] + folder_paths.get_filename_list(MODEL_FOLDER),
+                        {"tooltip": "A state-dict file in models/ugd, or download pretrained_tag with open_clip."}),
+            "pretrained_tag": ("STRING", {"default": "openai", "tooltip": "open_clip pretrained tag, used only when downloading."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights):
+        if weights != DOWNLOAD and weights not in folder_paths.get_filename_list(MODEL_FOLDER):
+            return f"CLIP guidance weights '{weights}' not found: put the file in {model_folder_hint()}."
+        return True
+
+    def load(self, architecture, weights, pretrained_tag):
+        state_dict = _load_state_dict(architecture, weights, pretrained_tag)
+        return (ClipGuidanceModel.wrap(build_clip_model(architecture, state_dict), architecture),)
+
+
+class CLIPTextGuidance:
+    DESCRIPTION = ("Guides towards a text prompt with ℓ = −cos(CLIP image embedding, CLIP text embedding) (paper §4.1). "
+                   "Paper settings: w = 10 with the paper schedule, recurrence k = 8, empty sampler prompt.")
+    CATEGORY = "universal_guidance/guidance"
+    RETURN_TYPES = (GUIDANCE,)
+    FUNCTION = "guide"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_model": (CLIP_GUIDANCE_MODEL, {"tooltip": "From CLIP Guidance Model Loader."}),
+            "text": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompt the images should match."}),
+            **settings_inputs(weight=10.0),
+        }}
+
+    def guide(self, clip_model, text, **settings):
+        if not text.strip():
+            raise ValueError("CLIP Text Guidance: the text is empty; write the prompt the images should match.")
+        comfy.model_management.load_models_gpu([clip_model.patcher])
+        embedding = encode_text(clip_model.patcher.model, clip_model.tokenizer, text)
+        loss = CLIPTextLoss(clip_model.patcher.model, embedding)
+        return guidance_output(f"CLIP text guidance ({text.strip()[:40]!r})", loss, [clip_model.patcher], **settings)
+
+
+NODE_CLASS_MAPPINGS = {
+    "UGDCLIPGuidanceModelLoader": CLIPGuidanceModelLoader,
+    "UGDCLIPTextGuidance": CLIPTextGuidance,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "UGDCLIPGuidanceModelLoader": "CLIP Guidance Model Loader",
+    "UGDCLIPTextGuidance": "CLIP Text Guidance",
+}

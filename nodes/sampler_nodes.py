@@ -1,0 +1,115 @@
+"""The sampler nodes: an all-in-one guided KSampler, and a SAMPLER for SamplerCustom(Advanced)."""
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..samplers.universal_guidance import BASE_STEPS
+from .comfy_host import check_guidance, guidance_patchers, universal_guidance_sampler
+from .guidance_settings import GUIDANCE
+
+RECURRENCE = ("INT", {"default": 1, "min": 1, "max": 100,
+                      "tooltip": "k: denoising passes per step while guidance is active, re-noising in between (paper eq. 10). 1 = no recurrence."})
+BASE = (list(BASE_STEPS), {"default": "ddim", "tooltip": "ddim: deterministic DDIM (η = 0). ddpm: ancestral DDPM-like step (η = 1)."})
+GUIDANCE_VAE = ("VAE", {"tooltip": "Optional VAE used only to decode for the guidance loss, e.g. TAESD from Load VAE: faster, less exact."})
+
+
+def _sigmas(model, scheduler: str, steps: int, denoise: float):
+    """KSampler's sigmas, with its denoise truncation."""
+    total = steps if denoise >= 1.0 else int(steps / denoise)
+    if hasattr(comfy.samplers, "calculate_sigmas") and hasattr(model, "get_model_object"):
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total)
+    else:  # ComfyUI before 2024-06
+        sigmas = comfy.samplers.calculate_sigmas_scheduler(model.model, scheduler, total)
+    return sigmas[-(steps + 1):].cpu()
+
+
+class UniversalGuidedKSampler:
+    DESCRIPTION = ("KSampler with universal guidance (Bansal et al. 2023): forward and backward guidance by any "
+                   "GUIDANCE, with per-step self-recurrence.")
+    CATEGORY = "universal_guidance"
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The guided latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model; it is not changed."}),
+                "vae": ("VAE", {"tooltip": "Decodes the predicted clean latent for the guidance loss."}),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent_image": ("LATENT", {"tooltip": "Its noise_mask, if any, limits sampling to the masked area."}),
+                "guidance": (GUIDANCE, {"tooltip": "From a guidance node, or Combine Guidance."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler": BASE,
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal"}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+                "recurrence": RECURRENCE,
+            },
+            "optional": {"guidance_vae": GUIDANCE_VAE},
+        }
+
+    def sample(self, model, vae, positive, negative, latent_image, guidance, seed, steps, cfg, sampler,
+               scheduler, denoise, recurrence, guidance_vae=None):
+        decoder_vae = guidance_vae or vae
+        latent = latent_image["samples"]
+        if hasattr(comfy.sample, "fix_empty_latent_channels"):
+            latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        check_guidance(guidance, latent.shape, decoder_vae)
+        ksampler = universal_guidance_sampler(guidance, decoder_vae, recurrence, sampler)
+        extra_models = [decoder_vae.patcher] + guidance_patchers(guidance)
+        if hasattr(model, "set_additional_models"):  # loads them in the same call as the UNet
+            model = model.clone()
+            model.set_additional_models("universal_guidance", extra_models)
+        else:
+            comfy.model_management.load_models_gpu([model] + extra_models)
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        sigmas = _sigmas(model, scheduler, steps, denoise)
+        callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+        samples = comfy.sample.sample_custom(
+            model, noise, cfg, ksampler, sigmas, positive, negative, latent,
+            noise_mask=latent_image.get("noise_mask"), callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        )
+        out = latent_image.copy()
+        out["samples"] = samples
+        return (out,)
+
+
+class UniversalGuidanceSampler:
+    DESCRIPTION = ("A SAMPLER running universal guidance, for SamplerCustom and SamplerCustomAdvanced with any "
+                   "guider. The noise seed seeds the re-noising too.")
+    CATEGORY = "universal_guidance"
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae": ("VAE", {"tooltip": "Decodes the predicted clean latent for the guidance loss (TAESD works)."}),
+                "guidance": (GUIDANCE,),
+                "sampler": BASE,
+                "recurrence": RECURRENCE,
+            },
+        }
+
+    def get_sampler(self, vae, guidance, sampler, recurrence):
+        return (universal_guidance_sampler(guidance, vae, recurrence, sampler),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "UniversalGuidedKSampler": UniversalGuidedKSampler,
+    "UGDUniversalGuidanceSampler": UniversalGuidanceSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "UniversalGuidedKSampler": "Universal Guided KSampler",
+    "UGDUniversalGuidanceSampler": "Universal Guidance Sampler",
+}

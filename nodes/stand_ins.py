@@ -1,0 +1,156 @@
+"""Small random-weight stand-ins for a Stable Diffusion 1.x checkpoint and a CLIP guidance model.
+
+They let a workflow run where no model files exist (tests, CI, trying a graph's wiring). Their images
+are noise-like and mean nothing; every node here says so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+import open_clip
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import comfy.supported_models_base
+
+from .clip_guidance import CLIP_GUIDANCE_MODEL, ClipGuidanceModel
+
+log = logging.getLogger(__name__)
+
+CONTEXT_DIM = 64
+UNET_CONFIG = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth": [1, 1],
+    "transformer_depth_output": [1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "context_dim": CONTEXT_DIM,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "use_checkpoint": False,
+}
+VAE_CONFIG = {
+    "embed_dim": 4,
+    "ddconfig": {
+        "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+        "ch": 32, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+    },
+}
+TEXT_CONFIG = {
+    "architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", "hidden_size": CONTEXT_DIM,
+    "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 49408,
+    "max_position_embeddings": 77, "layer_norm_eps": 1e-05, "bos_token_id": 0, "eos_token_id": 2,
+    "pad_token_id": 1, "projection_dim": CONTEXT_DIM, "torch_dtype": "float32", "model_type": "clip_text_model",
+}
+STAND_IN_CLIP_TOKENIZER = "RN50"  # open_clip's default BPE tokenizer, shipped with the package
+
+
+def tiny_open_clip(seed: int) -> torch.nn.Module:
+    """A small open_clip CLIP (64-px ViT, 2-layer text tower) with random weights."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=64,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=64),
+        text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+    )
+    model.visual.preprocess_cfg = {"size": 64, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
+    return model.eval().requires_grad_(False)
+
+
+def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fill every parameter: norms' weights with 1, other vectors and scalars with 0, the rest N(0, 1/fan_in).
+
+    ComfyUI builds its layers without initialising them, so this is what makes the weights defined.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.ndim <= 1:
+            p.copy_(torch.ones_like(p) if name.endswith("weight") and "norm" in name else torch.zeros_like(p))
+        else:
+            fan_in = p[0].numel()
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) / fan_in**0.5)
+    return module
+
+
+def stand_in_model(seed: int):
+    config = comfy.supported_models.SD15(dict(UNET_CONFIG))
+    base = config.get_model({})
+    randomize(base.diffusion_model, seed)
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=comfy.model_management.unet_offload_device())
+
+
+def stand_in_vae(seed: int):
+    vae = comfy.sd.VAE(sd={}, config={"params": VAE_CONFIG})
+    randomize(vae.first_stage_model, seed + 1)
+    return vae
+
+
+def stand_in_clip(seed: int):
+    config_path = os.path.join(tempfile.gettempdir(), "ugd_stand_in_clip_text.json")
+    with open(config_path, "w") as f:
+        json.dump(TEXT_CONFIG, f)
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    target.params = {"clip_model": comfy.sd1_clip.SDClipModel, "textmodel_json_config": config_path}
+    clip = comfy.sd.CLIP(target)
+    randomize(clip.cond_stage_model, seed + 2)
+    return clip
+
+
+class StandInCheckpoint:
+    """MODEL, CLIP and VAE shaped like Stable Diffusion 1.x but tiny and random: for testing a graph's wiring."""
+
+    DESCRIPTION = "Random-weight stand-ins for a Stable Diffusion 1.x checkpoint. Their images mean nothing: use them only to test a workflow."
+    CATEGORY = "universal_guidance/testing"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})}}
+
+    def load(self, seed):
+        log.warning("Using STAND-IN models with random weights: the images will not mean anything.")
+        return (stand_in_model(seed), stand_in_clip(seed), stand_in_vae(seed))
+
+
+class StandInCLIPGuidanceModel:
+    """A CLIP guidance model with random weights, for testing a graph's wiring."""
+
+    DESCRIPTION = "A random-weight open_clip model for CLIP guidance nodes. Its guidance means nothing: use it only to test a workflow."
+    CATEGORY = "universal_guidance/testing"
+    RETURN_TYPES = (CLIP_GUIDANCE_MODEL,)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})}}
+
+    def load(self, seed):
+        log.warning("Using a STAND-IN CLIP guidance model with random weights: its guidance will not mean anything.")
+        return (ClipGuidanceModel.wrap(tiny_open_clip(seed), STAND_IN_CLIP_TOKENIZER),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "UGDStandInCheckpoint": StandInCheckpoint,
+    "UGDStandInCLIPGuidanceModel": StandInCLIPGuidanceModel,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "UGDStandInCheckpoint": "Stand-in Checkpoint (random weights, testing)",
+    "UGDStandInCLIPGuidanceModel": "Stand-in CLIP Guidance Model (random weights, testing)",
+}

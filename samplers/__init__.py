@@ -1,0 +1,1 @@
+"""The universal guidance sampling engine: plain torch, never imports ComfyUI."""

@@ -1,0 +1,88 @@
+"""What the engine needs to know about one guidance: its loss and how strongly and when to apply it.
+
+A `Guidance` is an immutable tuple of `GuidanceTerm`s; combining two guidances concatenates them,
+so every term keeps its own s(t) schedule, backward steps and step window (paper §3.4: the effects add up).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+SCHEDULES = ("paper", "constant")
+OPTIMIZERS = ("adam", "sgd")
+
+BoundLoss = Callable[[torch.Tensor], torch.Tensor]
+
+
+class GuidanceLoss(Protocol):
+    """A guidance network f and loss ℓ.
+
+    `bind(device)` runs outside inference mode at the start of sampling and returns
+    `loss(image) -> Tensor[B]` for decoded images (B, 3, H, W) in [0, 1]; lower is better, and
+    sample i's loss depends on image i only. `check(batch, height, width)` raises ValueError for
+    inputs that cannot serve a batch of that size and image shape.
+    """
+
+    def bind(self, device: torch.device) -> BoundLoss: ...
+
+    def check(self, batch: int, height: int, width: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class GuidanceTerm:
+    """One (f, ℓ) pair with its paper hyperparameters.
+
+    Args:
+        name: shown in warnings.
+        loss: the guidance loss.
+        weight: w of the forward-guidance strength; 0 turns forward guidance off.
+        schedule: "paper" for s(t) = w·√(1 − ᾱ_t), "constant" for s(t) = w.
+        backward_steps: m, optimiser steps on Δ per denoising pass; 0 turns backward guidance off.
+        backward_lr: learning rate of the backward optimiser.
+        optimizer: "adam" or "sgd".
+        start_percent, end_percent: the fraction of sampling steps where this term is active.
+        models: host handles (e.g. ComfyUI ModelPatchers) to load before sampling; the engine ignores them.
+    """
+
+    name: str
+    loss: GuidanceLoss
+    weight: float = 0.0
+    schedule: str = "paper"
+    backward_steps: int = 0
+    backward_lr: float = 1e-2
+    optimizer: str = "adam"
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    models: tuple[Any, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.weight) or self.weight < 0:
+            raise ValueError(f"{self.name}: weight must be a finite number >= 0, got {self.weight}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{self.name}: schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if self.backward_steps < 0:
+            raise ValueError(f"{self.name}: backward_steps must be >= 0, got {self.backward_steps}.")
+        if self.backward_steps and not (math.isfinite(self.backward_lr) and self.backward_lr > 0):
+            raise ValueError(f"{self.name}: backward_lr must be > 0, got {self.backward_lr}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{self.name}: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        if not 0.0 <= self.start_percent < self.end_percent <= 1.0:
+            raise ValueError(
+                f"{self.name}: need 0 <= start_percent < end_percent <= 1, "
+                f"got {self.start_percent} and {self.end_percent}."
+            )
+
+    def active_at(self, step: int, steps: int) -> bool:
+        """Whether the term guides step `step` of `steps` (its window is a fraction of the steps)."""
+        return self.start_percent <= step / steps < self.end_percent
+
+
+Guidance = tuple[GuidanceTerm, ...]
+
+
+def combine(*guidances: Guidance) -> Guidance:
+    """A new guidance with every term of the inputs; the inputs are not changed."""
+    return tuple(term for guidance in guidances for term in guidance)

