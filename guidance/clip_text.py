@@ -14,12 +14,14 @@ def build_clip_model(architecture: str, state_dict: dict | None = None) -> torch
     model = open_clip.create_model(architecture, pretrained=None)
     if state_dict is not None:
         state_dict = state_dict.get("state_dict", state_dict)
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        if missing:
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as error:
+            first_problem = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
             raise ValueError(
-                f"The weights do not fit open_clip {architecture!r}: {len(missing)} tensors missing "
-                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected. Pick the architecture the file was saved from."
-            )
+                f"The weights do not fit open_clip {architecture!r} ({first_problem}). "
+                f"Pick the architecture the file was saved from."
+            ) from error
     return model.eval().requires_grad_(False)
 
 

@@ -6,6 +6,8 @@ clones (never through `.data`), and decoding uses `first_stage_model.decode` wit
 """
 from __future__ import annotations
 
+import torch
+
 import comfy.model_management
 import comfy.samplers
 
@@ -54,8 +56,22 @@ def make_decoder(base_model, vae):
     return decode
 
 
+def _normal_copies(model, extra_args):
+    """Clone the inference-mode constants the denoiser multiplies with x: the inpainting mask, latent and noise.
+
+    Autograd refuses to save inference tensors for backward.
+    """
+    with torch.inference_mode(False):
+        for name in ("latent_image", "noise"):
+            value = getattr(model, name, None)
+            if torch.is_tensor(value):
+                setattr(model, name, value.clone())
+        return {k: v.clone() if torch.is_tensor(v) else v for k, v in (extra_args or {}).items()}
+
+
 def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, guidance, vae, recurrence, base):
     base_model = model.inner_model.inner_model
+    extra_args = _normal_copies(model, extra_args)
     check_guidance(guidance, x.shape, vae)
     patcher = _patcher_of(base_model)
     comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [vae.patcher] + guidance_patchers(guidance))
@@ -69,6 +85,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
         recurrence=recurrence,
         base=base,
         check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+        update_mask=extra_args.get("denoise_mask"),
     )
 
 

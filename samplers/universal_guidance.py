@@ -123,20 +123,21 @@ def forward_guided_x0(model, x, sigma, extra_args, decode, weighted_losses, warn
     return autograd.run(compute)
 
 
-def backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt):
+def backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt, update_mask=None):
     """Eq. 7–9: Δ ≈ argmin_Δ ℓ(decode(x0 + Δ)) by `term.backward_steps` optimiser steps from Δ = 0.
 
-    Returns None when the loss or its gradient is not finite.
+    With an `update_mask`, Δ is confined to where it is 1. Returns None when the loss or its gradient is not finite.
     """
 
     def compute():
         base = x0.detach().clone()
+        mask = None if update_mask is None else update_mask.clone()
         delta = torch.zeros_like(base, requires_grad=True)
         optimizer_class = torch.optim.Adam if term.optimizer == "adam" else torch.optim.SGD
         optimizer = optimizer_class([delta], lr=term.backward_lr)
         for _ in range(term.backward_steps):
             check_interrupt()
-            loss = _checked_loss(loss_fn, decode(base + delta), term)
+            loss = _checked_loss(loss_fn, decode(base + (delta if mask is None else delta * mask)), term)
             if not torch.isfinite(loss).all():
                 return None
             (grad,) = torch.autograd.grad(loss.sum(), delta)
@@ -144,12 +145,12 @@ def backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt):
                 return None
             delta.grad = grad
             optimizer.step()
-        return delta.detach()
+        return (delta if mask is None else delta * mask).detach()
 
     return autograd.run(compute)
 
 
-def guided_x0(model, x, sigma, extra_args, decode, active, a, b, warn, autograd, check_interrupt):
+def guided_x0(model, x, sigma, extra_args, decode, active, a, b, warn, autograd, check_interrupt, update_mask=None):
     """x0 after forward and backward guidance by the active (term, bound loss) pairs."""
     weighted = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active if t.weight > 0]
     if weighted:
@@ -159,7 +160,7 @@ def guided_x0(model, x, sigma, extra_args, decode, active, a, b, warn, autograd,
     deltas = []
     for term, loss_fn in active:
         if term.backward_steps > 0:
-            delta = backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt)
+            delta = backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt, update_mask)
             if delta is None:
                 warn(term, "backward-guidance loss or gradient")
             else:
@@ -184,6 +185,7 @@ def sample_universal_guidance(
     seed: int | None = None,
     check_interrupt: Callable[[], None] = lambda: None,
     clone_saved: bool = False,
+    update_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
@@ -199,6 +201,8 @@ def sample_universal_guidance(
         seed: seeds the re-noising and ancestral noise; defaults to extra_args["seed"].
         check_interrupt: raises to stop sampling; called before every denoiser pass and backward step.
         clone_saved: clone saved activations from the start (see `clone_saved_activations`).
+        update_mask: 1 where backward guidance may change x0, 0 where it must not (e.g. an inpainting
+            mask, which the denoiser already applies to its own output and to forward guidance).
     """
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
@@ -228,7 +232,7 @@ def sample_universal_guidance(
         for r in range(passes):
             check_interrupt()
             if active:
-                x0 = guided_x0(model, x, sigma * s_in, extra_args, decode, active, a, b, warn, autograd, check_interrupt)
+                x0 = guided_x0(model, x, sigma * s_in, extra_args, decode, active, a, b, warn, autograd, check_interrupt, update_mask)
             else:
                 x0 = model(x, sigma * s_in, **extra_args)
             x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None)

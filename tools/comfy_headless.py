@@ -86,6 +86,14 @@ class ComfyHost:
         self.folder_paths, self.nodes, self.execution = folder_paths, nodes, execution
         self.new_api = "prompt_id" in inspect.signature(execution.validate_prompt).parameters
 
+    def pack_module(self, name: str):
+        """A module of the pack as ComfyUI imported it, e.g. pack_module("nodes.stand_ins")."""
+        suffix = f"{PACK_MODULE}.{name}"
+        for module_name, module in list(sys.modules.items()):
+            if module_name.endswith(suffix):
+                return module
+        raise KeyError(suffix)
+
     def run(self, prompt: dict) -> Result:
         prompt_id = str(uuid.uuid4())
         if self.new_api:

@@ -1,0 +1,19 @@
+import os
+import sys
+
+# The engine and guidance packages import as top-level packages here, with no ComfyUI involved.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """The ComfyUI at COMFYUI_PATH, loaded in this process with the pack installed."""
+    from tools.comfy_headless import ComfyHost
+
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.fail("Set COMFYUI_PATH to a ComfyUI checkout to run the integration tests (tools/test does).")
+    return ComfyHost(path)

@@ -1,0 +1,57 @@
+"""API-format prompts for the integration tests, built from small pieces."""
+from __future__ import annotations
+
+GUIDANCE_DEFAULTS = dict(weight=0.0, schedule="paper", backward_steps=0, backward_lr=0.01, optimizer="adam",
+                         start_percent=0.0, end_percent=1.0)
+
+
+def base_graph(width=64, height=48, batch=2, prompt="a cat"):
+    """Stand-in checkpoint (1), prompts (2, 3), empty latent (4)."""
+    return {
+        "1": {"class_type": "UGDStandInCheckpoint", "inputs": {"seed": 0}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
+    }
+
+
+def clip_guidance(graph, node="6", text="a red square", **settings):
+    graph["5"] = {"class_type": "UGDStandInCLIPGuidanceModel", "inputs": {"seed": 0}}
+    graph[node] = {"class_type": "UGDCLIPTextGuidance",
+                   "inputs": {"clip_model": ["5", 0], "text": text, **{**GUIDANCE_DEFAULTS, **settings}}}
+    return [node, 0]
+
+
+def load_image(graph, node, filename):
+    graph[node] = {"class_type": "LoadImage", "inputs": {"image": filename}}
+    return [node, 0]
+
+
+def reconstruction_guidance(graph, node, image, mask=None, **settings):
+    inputs = {"image": image, **{**GUIDANCE_DEFAULTS, "backward_steps": 5, **settings}}
+    if mask is not None:
+        inputs["mask"] = mask
+    graph[node] = {"class_type": "UGDImageReconstructionGuidance", "inputs": inputs}
+    return [node, 0]
+
+
+def guided_sampler(graph, node, guidance, latent=("4", 0), seed=1, steps=4, cfg=5.0, recurrence=2, sampler="ddim", **extra):
+    graph[node] = {"class_type": "UniversalGuidedKSampler", "inputs": {
+        "model": ["1", 0], "vae": ["1", 2], "positive": ["2", 0], "negative": ["3", 0], "latent_image": list(latent),
+        "guidance": guidance, "seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": "normal",
+        "denoise": 1.0, "recurrence": recurrence, **extra}}
+    return [node, 0]
+
+
+def plain_sampler(graph, node, latent=("4", 0), seed=1, steps=4, cfg=5.0, sampler_name="ddim", denoise=1.0):
+    graph[node] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": list(latent), "seed": seed,
+        "steps": steps, "cfg": cfg, "sampler_name": sampler_name, "scheduler": "normal", "denoise": denoise}}
+    return [node, 0]
+
+
+def save(graph, node, latent, prefix):
+    """VAEDecode + SaveImage (node) and SaveLatent (node + 'l')."""
+    graph[node + "d"] = {"class_type": "VAEDecode", "inputs": {"samples": latent, "vae": ["1", 2]}}
+    graph[node] = {"class_type": "SaveImage", "inputs": {"images": [node + "d", 0], "filename_prefix": prefix}}
+    graph[node + "l"] = {"class_type": "SaveLatent", "inputs": {"samples": latent, "filename_prefix": "latents/" + prefix}}

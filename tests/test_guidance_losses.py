@@ -1,0 +1,126 @@
+"""The guidance losses on their own: shapes, gradients, invariants, preprocessing and bad input."""
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from guidance.clip_text import CLIPTextLoss, build_clip_model, clip_preprocess, encode_text, negative_cosine
+from guidance.reconstruction import ReconstructionLoss, masked_mse
+
+
+def tiny_clip():
+    torch.manual_seed(0)
+    model = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+    )
+    model.visual.preprocess_cfg = {"size": 32, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
+    return model.eval().requires_grad_(False)
+
+
+# --- reconstruction ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_reconstruction_loss_is_zero_at_the_reference_and_positive_elsewhere(batch):
+    reference = torch.rand(batch, 24, 40, 3)  # ComfyUI IMAGE, not square
+    loss = ReconstructionLoss(reference).bind("cpu")
+    exact = reference.movedim(-1, 1)
+    assert loss(exact).shape == (batch,)
+    assert torch.allclose(loss(exact), torch.zeros(batch), atol=1e-7)
+    assert (loss(exact.flip(-1)) > 0).all()
+
+
+def test_reconstruction_ignores_the_masked_region():
+    reference = torch.rand(1, 16, 16, 3)
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :, 8:] = 1.0  # right half is to be generated
+    loss = ReconstructionLoss(reference, mask).bind("cpu")
+    image = reference.movedim(-1, 1).clone()
+    image[..., 8:] = 1 - image[..., 8:]
+    assert float(loss(image)) == pytest.approx(0.0, abs=1e-7)
+    image[..., :8] += 0.5
+    assert float(loss(image)) == pytest.approx(0.25, rel=1e-5)  # mean over the known half only
+
+
+def test_reconstruction_broadcasts_and_resizes_the_reference():
+    loss = ReconstructionLoss(torch.full((1, 8, 12, 3), 0.5)).bind("cpu")
+    image = torch.full((2, 3, 16, 24), 0.5, requires_grad=True)
+    value = loss(image)
+    assert value.shape == (2,) and torch.allclose(value, torch.zeros(2), atol=1e-6)
+    (grad,) = torch.autograd.grad(loss(image + 0.1).sum(), image)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_masked_mse_value():
+    image, reference = torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)
+    known = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert float(masked_mse(image, reference, known)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("reference, mask, message", [
+    (torch.rand(3, 16, 16, 3), None, "batch of 3"),
+    (torch.rand(1, 16, 32, 3), None, "cannot be resized"),
+    (torch.rand(1, 16, 16, 3), torch.zeros(1, 10, 30), "the mask is 30x10"),
+])
+def test_reconstruction_rejects_inputs_that_do_not_fit(reference, mask, message):
+    with pytest.raises(ValueError, match=message):
+        ReconstructionLoss(reference, mask).check(2, 64, 64)
+
+
+def test_reconstruction_rejects_a_mask_that_hides_everything():
+    with pytest.raises(ValueError, match="covers the whole image"):
+        ReconstructionLoss(torch.rand(1, 8, 8, 3), torch.ones(1, 8, 8))
+
+
+# --- CLIP text --------------------------------------------------------------------------------------------------
+
+def test_clip_preprocess_crops_to_a_square_resizes_and_normalises():
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+    image = torch.zeros(2, 3, 30, 50)
+    image[..., 10:40] = 1.0  # the centre square is white, the sides black
+    out = clip_preprocess(image, 24, mean, std)
+    assert out.shape == (2, 3, 24, 24)
+    white = (1 - mean) / std
+    torch.testing.assert_close(out[0, :, 12, 12], white, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), white, rtol=1e-3, atol=1e-3)
+
+
+def test_negative_cosine_is_minus_one_for_parallel_embeddings():
+    a = torch.randn(3, 8)
+    assert torch.allclose(negative_cosine(a, 2 * a), -torch.ones(3), atol=1e-6)
+    assert torch.allclose(negative_cosine(a, -a), torch.ones(3), atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_clip_text_loss_shapes_and_gradient(batch):
+    model = tiny_clip()
+    text = encode_text(model, "RN50", "a photo of a cat")
+    assert text.shape == (1, 32)
+    loss = CLIPTextLoss(model, text).bind("cpu")
+    image = torch.rand(batch, 3, 40, 56, requires_grad=True)
+    value = loss(image)
+    assert value.shape == (batch,) and ((value >= -1) & (value <= 1)).all()
+    (grad,) = torch.autograd.grad(value.sum(), image)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_clip_text_loss_reaches_its_minimum_when_the_embeddings_match():
+    model = tiny_clip()
+    image = torch.rand(1, 3, 32, 32)
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+    embedding = model.encode_image(clip_preprocess(image, 32, mean, std))
+    assert float(CLIPTextLoss(model, embedding).bind("cpu")(image)) == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_clip_text_loss_rejects_a_batch_of_prompts_that_does_not_fit():
+    with pytest.raises(ValueError, match="3 text embeddings cannot guide 2 samples"):
+        CLIPTextLoss(tiny_clip(), torch.randn(3, 32)).check(2, 64, 64)
+
+
+def test_build_clip_model_rejects_unknown_architectures_and_mismatched_weights():
+    with pytest.raises(ValueError, match="Unknown open_clip architecture"):
+        build_clip_model("NoSuchNet")
+    with pytest.raises(ValueError, match="do not fit open_clip 'RN50'"):
+        build_clip_model("RN50", tiny_clip().state_dict())
