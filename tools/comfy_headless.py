@@ -94,13 +94,15 @@ class ComfyHost:
                 return module
         raise KeyError(suffix)
 
+    def validate(self, prompt: dict, prompt_id: str = "validation") -> tuple:
+        """ComfyUI's own prompt validation: (ok, error, output node ids, node errors)."""
+        if self.new_api:
+            return _maybe_await(self.execution.validate_prompt(prompt_id, prompt, None))[:4]
+        return self.execution.validate_prompt(prompt)[:4]
+
     def run(self, prompt: dict) -> Result:
         prompt_id = str(uuid.uuid4())
-        if self.new_api:
-            valid = _maybe_await(self.execution.validate_prompt(prompt_id, prompt, None))
-        else:
-            valid = self.execution.validate_prompt(prompt)
-        ok, error, outputs, node_errors = valid[:4]
+        ok, error, outputs, node_errors = self.validate(prompt, prompt_id)
         if not ok:
             return Result(False, {}, [{"validation": error, "node_errors": node_errors}])
         server = _Server()

@@ -1,0 +1,60 @@
+"""The headless workflow runner (the README's main job) and the shipped workflows."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.api.json")))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from run_workflow import with_stand_ins  # noqa: E402
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "run_workflow.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_stand_ins_replace_every_loader_and_rewire_its_outputs():
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd"}},
+        "3": {"class_type": "UniversalGuidedKSampler", "inputs": {"model": ["1", 0], "vae": ["1", 2], "guidance_vae": ["2", 0], "steps": 50}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+    }
+    out = with_stand_ins(prompt)
+    assert out["1"]["class_type"] == out["2"]["class_type"] == "UGDStandInCheckpoint"
+    assert out["3"]["inputs"]["guidance_vae"] == ["2", 2]  # VAELoader's VAE is output 0, the stand-in's is 2
+    assert out["3"]["inputs"]["model"] == ["1", 0] and out["3"]["inputs"]["vae"] == ["1", 2]
+    assert out["3"]["inputs"]["steps"] == 10 and out["4"]["inputs"]["width"] == 64
+    assert prompt["1"]["class_type"] == "CheckpointLoaderSimple", "the input prompt must not change"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=os.path.basename)
+def test_shipped_workflow_uses_only_known_nodes_and_validates(comfy, workflow):
+    with open(workflow) as f:
+        prompt = json.load(f)
+    unknown = {n["class_type"] for n in prompt.values()} - set(comfy.nodes.NODE_CLASS_MAPPINGS)
+    assert not unknown
+    ok, error, _, node_errors = comfy.validate(with_stand_ins(prompt))
+    assert ok, (error, node_errors)
+
+
+def test_main_job_without_model_files_says_so_and_stops():
+    result = run_tool(WORKFLOWS[0], "--output", "unused")
+    assert result.returncode == 2
+    assert "v1-5-pruned-emaonly.safetensors" in result.stderr and "--stand-ins if-missing" in result.stderr
+
+
+def test_main_job_with_stand_ins_writes_images_and_says_they_are_stand_ins(tmp_path):
+    result = run_tool(WORKFLOWS[0], "--output", str(tmp_path), "--stand-ins", "if-missing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "USING STAND-IN MODELS WITH RANDOM WEIGHTS" in result.stdout
+    assert "NOT meaningful" in result.stdout
+    written = glob.glob(str(tmp_path / "*.png"))
+    assert len(written) == 1 and f"wrote {written[0]}" in result.stdout
