@@ -90,82 +90,96 @@ def _checked_loss(loss_fn: BoundLoss, image: torch.Tensor, term: GuidanceTerm) -
     return loss
 
 
-def forward_guided_x0(model, x, sigma, extra_args, decode, weighted_losses, warn, autograd):
-    """Eq. 6: the denoiser's x0 minus Σ c_i·∇ₓℓ_i, the gradient taken through the denoiser and decoder.
+class GuidedDenoiser:
+    """The denoiser with universal guidance applied to its x0 (eq. 6–9).
 
-    `weighted_losses` holds (term, loss, c_i) with c_i from `forward_guidance_scale`.
+    Args:
+        model: denoiser, `model(x, σ·ones(B), **extra_args) -> x0`.
+        decode: differentiable `x0 -> image (B, 3, H, W)` in [0, 1].
+        extra_args: passed to the model.
+        check_interrupt: raises to stop; called before every backward step.
+        update_mask: 1 where backward guidance may change x0, 0 where it must not.
+        clone_saved: clone saved activations from the start (see `clone_saved_activations`).
     """
 
-    def compute():
-        x_in = x.detach().clone().requires_grad_(True)
-        x0 = model(x_in, sigma, **extra_args)
-        image = decode(x0)
-        weighted = []
-        for term, loss_fn, scale in weighted_losses:
-            loss = _checked_loss(loss_fn, image, term)
-            if torch.isfinite(loss).all():
-                weighted.append((term, scale * loss.sum()))
-            else:
-                warn(term, "loss")
-        if not weighted:
-            return x0.detach()
-        (grad,) = torch.autograd.grad(sum(w for _, w in weighted), x_in, retain_graph=len(weighted) > 1)
-        if not torch.isfinite(grad).all():
-            grad = torch.zeros_like(x_in)
-            for term, w in weighted:
-                (g,) = torch.autograd.grad(w, x_in, retain_graph=True)
-                if torch.isfinite(g).all():
-                    grad = grad + g
+    def __init__(self, model, decode: Decode, extra_args: dict, check_interrupt=lambda: None,
+                 update_mask: torch.Tensor | None = None, clone_saved: bool = False):
+        self.model, self.decode, self.extra_args = model, decode, extra_args
+        self.check_interrupt, self.update_mask = check_interrupt, update_mask
+        self.autograd, self.warn = _Autograd(clone_saved), _WarnOnce()
+
+    def __call__(self, x, sigma, active: Sequence[tuple[GuidanceTerm, BoundLoss]], a: float, b: float):
+        """x0 after forward guidance, then backward guidance, by the active (term, bound loss) pairs."""
+        weighted = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active if t.weight > 0]
+        x0 = self.forward_guided(x, sigma, weighted) if weighted else self.model(x, sigma, **self.extra_args)
+        deltas = []
+        for term, loss_fn in active:
+            if term.backward_steps > 0:
+                delta = self.backward_delta(x0, term, loss_fn)
+                if delta is None:
+                    self.warn(term, "backward-guidance loss or gradient")
                 else:
-                    warn(term, "gradient")
-        return (x0 - grad).detach()
+                    deltas.append(delta)
+        return x0 + sum(deltas) if deltas else x0
 
-    return autograd.run(compute)
+    def forward_guided(self, x, sigma, weighted_losses):
+        """Eq. 6: the denoiser's x0 minus Σ c_i·∇ₓℓ_i, the gradient taken through the denoiser and decoder.
 
+        `weighted_losses` holds (term, loss, c_i) with c_i from `forward_guidance_scale`.
+        """
 
-def backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt, update_mask=None):
-    """Eq. 7–9: Δ ≈ argmin_Δ ℓ(decode(x0 + Δ)) by `term.backward_steps` optimiser steps from Δ = 0.
+        def compute():
+            x_in = x.detach().clone().requires_grad_(True)
+            x0 = self.model(x_in, sigma, **self.extra_args)
+            image = self.decode(x0)
+            weighted = []
+            for term, loss_fn, scale in weighted_losses:
+                loss = _checked_loss(loss_fn, image, term)
+                if torch.isfinite(loss).all():
+                    weighted.append((term, scale * loss.sum()))
+                else:
+                    self.warn(term, "loss")
+            if not weighted:
+                return x0.detach()
+            (grad,) = torch.autograd.grad(sum(w for _, w in weighted), x_in, retain_graph=len(weighted) > 1)
+            if not torch.isfinite(grad).all():  # find the culprit; keep the others
+                grad = torch.zeros_like(x_in)
+                for term, w in weighted:
+                    (g,) = torch.autograd.grad(w, x_in, retain_graph=True)
+                    if torch.isfinite(g).all():
+                        grad = grad + g
+                    else:
+                        self.warn(term, "gradient")
+            return (x0 - grad).detach()
 
-    With an `update_mask`, Δ is confined to where it is 1. Returns None when the loss or its gradient is not finite.
-    """
+        return self.autograd.run(compute)
 
-    def compute():
-        base = x0.detach().clone()
-        mask = None if update_mask is None else update_mask.clone()
-        delta = torch.zeros_like(base, requires_grad=True)
-        optimizer_class = torch.optim.Adam if term.optimizer == "adam" else torch.optim.SGD
-        optimizer = optimizer_class([delta], lr=term.backward_lr)
-        for _ in range(term.backward_steps):
-            check_interrupt()
-            loss = _checked_loss(loss_fn, decode(base + (delta if mask is None else delta * mask)), term)
-            if not torch.isfinite(loss).all():
-                return None
-            (grad,) = torch.autograd.grad(loss.sum(), delta)
-            if not torch.isfinite(grad).all():
-                return None
-            delta.grad = grad
-            optimizer.step()
-        return (delta if mask is None else delta * mask).detach()
+    def backward_delta(self, x0, term: GuidanceTerm, loss_fn: BoundLoss):
+        """Eq. 7–9: Δ ≈ argmin_Δ ℓ(decode(x0 + Δ)) by `term.backward_steps` optimiser steps from Δ = 0.
 
-    return autograd.run(compute)
+        Δ is confined to the update mask. Returns None when the loss or its gradient is not finite.
+        """
 
+        def compute():
+            base = x0.detach().clone()
+            mask = None if self.update_mask is None else self.update_mask.clone()
+            delta = torch.zeros_like(base, requires_grad=True)
+            optimizer_class = torch.optim.Adam if term.optimizer == "adam" else torch.optim.SGD
+            optimizer = optimizer_class([delta], lr=term.backward_lr)
+            for _ in range(term.backward_steps):
+                self.check_interrupt()
+                masked = delta if mask is None else delta * mask
+                loss = _checked_loss(loss_fn, self.decode(base + masked), term)
+                if not torch.isfinite(loss).all():
+                    return None
+                (grad,) = torch.autograd.grad(loss.sum(), delta)
+                if not torch.isfinite(grad).all():
+                    return None
+                delta.grad = grad
+                optimizer.step()
+            return (delta if mask is None else delta * mask).detach()
 
-def guided_x0(model, x, sigma, extra_args, decode, active, a, b, warn, autograd, check_interrupt, update_mask=None):
-    """x0 after forward and backward guidance by the active (term, bound loss) pairs."""
-    weighted = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active if t.weight > 0]
-    if weighted:
-        x0 = forward_guided_x0(model, x, sigma, extra_args, decode, weighted, warn, autograd)
-    else:
-        x0 = model(x, sigma, **extra_args)
-    deltas = []
-    for term, loss_fn in active:
-        if term.backward_steps > 0:
-            delta = backward_delta(x0, loss_fn, decode, term, autograd, check_interrupt, update_mask)
-            if delta is None:
-                warn(term, "backward-guidance loss or gradient")
-            else:
-                deltas.append(delta)
-    return x0 + sum(deltas) if deltas else x0
+        return self.autograd.run(compute)
 
 
 def sample_universal_guidance(
@@ -220,7 +234,7 @@ def sample_universal_guidance(
 
     with torch.inference_mode(False):
         bound = [(term, term.loss.bind(x.device)) for term in guidance]
-    autograd, warn = _Autograd(clone_saved), _WarnOnce()
+    guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved)
     s_in = x.new_ones([x.shape[0]])
     steps = len(sigmas) - 1
     for i in trange(steps, disable=disable):
@@ -232,7 +246,7 @@ def sample_universal_guidance(
         for r in range(passes):
             check_interrupt()
             if active:
-                x0 = guided_x0(model, x, sigma * s_in, extra_args, decode, active, a, b, warn, autograd, check_interrupt, update_mask)
+                x0 = guided(x, sigma * s_in, active, a, b)
             else:
                 x0 = model(x, sigma * s_in, **extra_args)
             x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None)

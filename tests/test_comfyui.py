@@ -44,10 +44,11 @@ def clip_loss(comfy, pixels, text="a red square"):
         return loss(torch.from_numpy(pixels).movedim(-1, 1))
 
 
-def test_guided_run_is_deterministic_works_with_batch_2_and_leaves_the_models_usable(comfy):
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_guided_run_is_deterministic_works_with_batch_2_and_leaves_the_models_usable(comfy, sampler):
     graph = graphs.base_graph(batch=2)
     guidance = graphs.clip_guidance(graph, weight=5.0, backward_steps=1)
-    guided = graphs.guided_sampler(graph, "7", guidance)
+    guided = graphs.guided_sampler(graph, "7", guidance, sampler=sampler)
     graphs.save(graph, "8", guided, "det_guided")
     # A plain KSampler and VAEDecode after the guided run, on the same MODEL and VAE.
     plain = graphs.plain_sampler(graph, "9", latent=guided, sampler_name="euler", denoise=0.5)
@@ -118,6 +119,34 @@ def test_sampler_node_in_sampler_custom_matches_the_all_in_one_node(comfy):
     graphs.save(graph, "14", ["13", 0], "node_custom")
     run_ok(comfy, graph)
     torch.testing.assert_close(latent(comfy, "node_custom"), latent(comfy, "node_ksampler"), rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_node_in_sampler_custom_advanced(comfy):
+    if "SamplerCustomAdvanced" not in comfy.nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip("this ComfyUI has no SamplerCustomAdvanced (added 2024-04)")
+    graph = graphs.base_graph(batch=1)
+    guidance = graphs.clip_guidance(graph, weight=5.0, backward_steps=1)
+    graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance, seed=5, recurrence=2), "adv_ksampler")
+    graph["11"] = {"class_type": "UGDUniversalGuidanceSampler", "inputs": {"vae": ["1", 2], "guidance": guidance, "sampler": "ddim", "recurrence": 2}}
+    graph["12"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 4, "denoise": 1.0}}
+    graph["13"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
+    graph["14"] = {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 5.0}}
+    graph["15"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["13", 0], "guider": ["14", 0], "sampler": ["11", 0], "sigmas": ["12", 0], "latent_image": ["4", 0]}}
+    graphs.save(graph, "16", ["15", 0], "adv_custom")
+    run_ok(comfy, graph)
+    torch.testing.assert_close(latent(comfy, "adv_custom"), latent(comfy, "adv_ksampler"), rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_vae_decodes_for_the_loss_only(comfy):
+    graph = graphs.base_graph(batch=1)
+    graph["other"] = {"class_type": "UGDStandInCheckpoint", "inputs": {"seed": 1}}
+    guidance = graphs.clip_guidance(graph, weight=5.0, backward_steps=1)
+    graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance, guidance_vae=["other", 2]), "gvae_other")
+    graphs.save(graph, "10", graphs.guided_sampler(graph, "9", guidance), "gvae_same")
+    result = run_ok(comfy, graph)
+    assert not torch.allclose(latent(comfy, "gvae_other"), latent(comfy, "gvae_same"))
+    assert images(comfy, result, "8").shape == (1, 48, 64, 3)
 
 
 def test_combined_guidance_respects_the_latent_noise_mask(comfy, reference_image):

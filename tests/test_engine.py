@@ -11,15 +11,7 @@ import torch
 from gaussian import GaussianDenoiser, eps_noise_scaling, flow_noise_scaling, sigmas_eps, sigmas_flow
 from samplers.parameterization import alpha_bar, noise_coefficients
 from samplers.terms import GuidanceTerm, combine
-from samplers.universal_guidance import (
-    _Autograd,
-    _WarnOnce,
-    backward_delta,
-    base_step,
-    forward_guided_x0,
-    renoise,
-    sample_universal_guidance,
-)
+from samplers.universal_guidance import GuidedDenoiser, base_step, renoise, sample_universal_guidance
 from samplers.parameterization import forward_guidance_scale
 
 PARAMETERISATIONS = [(eps_noise_scaling, 2.5), (flow_noise_scaling, 0.7)]
@@ -76,7 +68,7 @@ def test_forward_guidance_equals_the_papers_eps_form(noise_scaling, sigma):
 
     guided = term(TargetLoss(target), weight=w)
     scale = forward_guidance_scale("paper", w, a, b)
-    ours = forward_guided_x0(denoiser, x, sigma_vec, {}, decode, [(guided, loss_fn, scale)], _WarnOnce(), _Autograd(False))
+    ours = GuidedDenoiser(denoiser, decode, {}).forward_guided(x, sigma_vec, [(guided, loss_fn, scale)])
     torch.testing.assert_close(ours, paper_x0, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ours, denoiser(x, sigma_vec)), "the guidance must move x0"
 
@@ -108,7 +100,7 @@ def test_backward_guidance_lowers_the_loss(optimizer):
     loss_fn = loss.bind("cpu")
     x0 = torch.randn(2, 2, 4, 4)
     guided = term(loss, backward_steps=30, backward_lr=0.1 if optimizer == "adam" else 2.0, optimizer=optimizer)
-    delta = backward_delta(x0, loss_fn, decode, guided, _Autograd(False), lambda: None)
+    delta = GuidedDenoiser(None, decode, {}).backward_delta(x0, guided, loss_fn)
     before, after = loss_fn(decode(x0)), loss_fn(decode(x0 + delta))
     assert (after < 0.5 * before).all()
 
@@ -119,7 +111,7 @@ def test_backward_guidance_stays_inside_the_update_mask():
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2] = 1.0
     guided = term(loss, backward_steps=5, backward_lr=0.1)
-    delta = backward_delta(torch.randn(1, 2, 4, 4), loss.bind("cpu"), decode, guided, _Autograd(False), lambda: None, mask)
+    delta = GuidedDenoiser(None, decode, {}, update_mask=mask).backward_delta(torch.randn(1, 2, 4, 4), guided, loss.bind("cpu"))
     assert torch.equal(delta[..., 2:], torch.zeros_like(delta[..., 2:]))
     assert delta[..., :2].abs().sum() > 0
 
