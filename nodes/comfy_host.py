@@ -6,6 +6,8 @@ clones (never through `.data`), and decoding uses `first_stage_model.decode` wit
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management
@@ -13,6 +15,8 @@ import comfy.samplers
 
 from ..samplers.autograd_safety import make_autograd_safe
 from ..samplers.universal_guidance import sample_universal_guidance
+
+log = logging.getLogger(__name__)
 
 
 def vae_scale(vae) -> int:
@@ -77,16 +81,25 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
     comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [vae.patcher] + guidance_patchers(guidance))
     for module in [base_model, vae.first_stage_model] + [p.model for p in guidance_patchers(guidance)]:
         make_autograd_safe(module)
-    return sample_universal_guidance(
-        model, x, sigmas, extra_args, callback, disable,
-        guidance=guidance,
-        decode=make_decoder(base_model, vae),
-        noise_scaling=base_model.model_sampling.noise_scaling,
-        recurrence=recurrence,
-        base=base,
-        check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-        update_mask=extra_args.get("denoise_mask"),
-    )
+    if getattr(comfy.model_management, "sage_attention_enabled", lambda: False)():
+        log.warning("Universal guidance: SageAttention has no backward pass, so the guidance gradient loses the "
+                    "attention layers' share. Start ComfyUI without --use-sage-attention for exact guidance.")
+    try:
+        return sample_universal_guidance(
+            model, x, sigmas, extra_args, callback, disable,
+            guidance=guidance,
+            decode=make_decoder(base_model, vae),
+            noise_scaling=base_model.model_sampling.noise_scaling,
+            recurrence=recurrence,
+            base=base,
+            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+            update_mask=extra_args.get("denoise_mask"),
+        )
+    except torch.OutOfMemoryError:
+        # Re-raised unchanged so that ComfyUI still frees its models; this says what to change.
+        log.error("Universal guidance ran out of memory in a backward pass. Lower the resolution or batch size, "
+                  "give the sampler a TAESD guidance_vae, or use fewer backward steps.")
+        raise
 
 
 def universal_guidance_sampler(guidance, vae, recurrence: int, base: str) -> comfy.samplers.KSAMPLER:

@@ -225,3 +225,19 @@ def test_clip_guidance_model_loads_from_a_file_in_the_ugd_folder(comfy, tmp_path
     graph["6"] = {"class_type": "UGDCLIPTextGuidance", "inputs": {"clip_model": ["5", 0], "text": "a dog", **{**graphs.GUIDANCE_DEFAULTS, "weight": 1.0}}}
     graphs.save(graph, "8", graphs.guided_sampler(graph, "7", ["6", 0], recurrence=1), "file_clip")
     run_ok(comfy, graph)
+
+
+def test_out_of_memory_says_what_to_change_and_keeps_comfyuis_own_handling(comfy, monkeypatch, caplog):
+    host = comfy.pack_module("nodes.comfy_host")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(host, "sample_universal_guidance", out_of_memory)
+    graph = graphs.base_graph(batch=1)
+    graphs.guided_sampler(graph, "7", graphs.clip_guidance(graph, weight=1.0))
+    graphs.save(graph, "8", ["7", 0], "oom")
+    with caplog.at_level("ERROR"):
+        text = error_text(comfy.run(graph))
+    assert "OutOfMemoryError" in text
+    assert any("TAESD guidance_vae" in r.getMessage() for r in caplog.records)
