@@ -25,6 +25,18 @@ def build_clip_model(architecture: str, state_dict: dict | None = None) -> torch
     return model.eval().requires_grad_(False)
 
 
+def small_random_clip(seed: int = 0, width: int = 64, image_size: int = 64) -> torch.nn.Module:
+    """A small open_clip CLIP (2-layer ViT and text towers) with random weights, for stand-ins and tests."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=width,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=2, width=width, head_width=32, patch_size=image_size // 4, image_size=image_size),
+        text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=width, heads=2, layers=2),
+    )
+    model.visual.preprocess_cfg = {"size": image_size, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
+    return model.eval().requires_grad_(False)
+
+
 def encode_text(model: torch.nn.Module, architecture: str, text: str) -> torch.Tensor:
     """(1, D) CLIP text embedding of `text`, computed without gradients."""
     tokens = open_clip.get_tokenizer(architecture)([text])

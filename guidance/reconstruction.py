@@ -39,10 +39,15 @@ class ReconstructionLoss:
         reference = self.reference.to(device=device, dtype=torch.float32).clone()
         known = None if self.known is None else self.known.to(device=device, dtype=torch.float32).clone()
 
+        fitted: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # resized once per image shape, not per call
+
         def loss(image: torch.Tensor) -> torch.Tensor:
             b, _, h, w = image.shape
-            target = fit(reference, b, h, w).to(image)
-            weights = torch.ones_like(image[:, :1]) if known is None else fit(known, b, h, w).to(image)
+            key = (b, h, w, image.dtype, image.device)
+            if key not in fitted:
+                weights = torch.ones(1, 1, h, w) if known is None else known
+                fitted[key] = (fit(reference, b, h, w).to(image), fit(weights, b, h, w).to(image))
+            target, weights = fitted[key]
             return masked_mse(image, target, weights)
 
         return loss

@@ -10,7 +10,6 @@ import logging
 import os
 import tempfile
 
-import open_clip
 import torch
 
 import comfy.model_management
@@ -20,6 +19,7 @@ import comfy.sd1_clip
 import comfy.supported_models
 import comfy.supported_models_base
 
+from ..guidance.clip_text import small_random_clip
 from .clip_guidance import CLIP_GUIDANCE_MODEL, ClipGuidanceModel
 
 log = logging.getLogger(__name__)
@@ -60,27 +60,15 @@ TEXT_CONFIG = {
 STAND_IN_CLIP_TOKENIZER = "RN50"  # open_clip's default BPE tokenizer, shipped with the package
 
 
-def tiny_open_clip(seed: int) -> torch.nn.Module:
-    """A small open_clip CLIP (64-px ViT, 2-layer text tower) with random weights."""
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(
-        embed_dim=64,
-        vision_cfg=open_clip.CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=64),
-        text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
-    )
-    model.visual.preprocess_cfg = {"size": 64, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
-    return model.eval().requires_grad_(False)
-
-
 def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fill every parameter: norms' weights with 1, other vectors and scalars with 0, the rest N(0, 1/fan_in).
+    """Fill every parameter: 1-D weights (norm scales) with 1, biases and scalars with 0, the rest N(0, 1/fan_in).
 
     ComfyUI builds its layers without initialising them, so this is what makes the weights defined.
     """
     generator = torch.Generator().manual_seed(seed)
     for name, p in module.named_parameters():
         if p.ndim <= 1:
-            p.copy_(torch.ones_like(p) if name.endswith("weight") and "norm" in name else torch.zeros_like(p))
+            p.copy_(torch.ones_like(p) if p.ndim == 1 and name.endswith("weight") else torch.zeros_like(p))
         else:
             fan_in = p[0].numel()
             p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) / fan_in**0.5)
@@ -143,7 +131,7 @@ class StandInCLIPGuidanceModel:
 
     def load(self, seed):
         log.warning("Using a STAND-IN CLIP guidance model with random weights: its guidance will not mean anything.")
-        return (ClipGuidanceModel.wrap(tiny_open_clip(seed), STAND_IN_CLIP_TOKENIZER),)
+        return (ClipGuidanceModel.wrap(small_random_clip(seed), STAND_IN_CLIP_TOKENIZER),)
 
 
 NODE_CLASS_MAPPINGS = {

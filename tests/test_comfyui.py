@@ -38,7 +38,7 @@ def clip_loss(comfy, pixels, text="a red square"):
     """The stand-in CLIP guidance loss of saved images, recomputed outside the graph."""
     stand_ins = comfy.pack_module("nodes.stand_ins")
     clip_text = comfy.pack_module("guidance.clip_text")
-    model = stand_ins.tiny_open_clip(0)
+    model = clip_text.small_random_clip(0)
     loss = clip_text.CLIPTextLoss(model, clip_text.encode_text(model, stand_ins.STAND_IN_CLIP_TOKENIZER, text)).bind("cpu")
     with torch.no_grad():
         return loss(torch.from_numpy(pixels).movedim(-1, 1))
@@ -65,7 +65,7 @@ def test_guided_run_is_deterministic_works_with_batch_2_and_leaves_the_models_us
 
 def test_clip_guidance_ends_with_a_lower_loss_than_the_same_seed_unguided(comfy):
     graph = graphs.base_graph(batch=2)
-    guidance = graphs.clip_guidance(graph, weight=0.5, backward_steps=5, backward_lr=0.1)
+    guidance = graphs.clip_guidance(graph, weight=0.5, backward_steps=10, backward_lr=0.2)
     graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance, steps=6, recurrence=2), "clip_guided")
     graphs.save(graph, "10", graphs.plain_sampler(graph, "9", steps=6), "clip_unguided")
     result = run_ok(comfy, graph)

@@ -5,19 +5,12 @@ import open_clip
 import pytest
 import torch
 
-from guidance.clip_text import CLIPTextLoss, build_clip_model, clip_preprocess, encode_text, negative_cosine
+from guidance.clip_text import CLIPTextLoss, build_clip_model, clip_preprocess, encode_text, negative_cosine, small_random_clip
 from guidance.reconstruction import ReconstructionLoss, masked_mse
 
 
 def tiny_clip():
-    torch.manual_seed(0)
-    model = open_clip.CLIP(
-        embed_dim=32,
-        vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
-        text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
-    )
-    model.visual.preprocess_cfg = {"size": 32, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
-    return model.eval().requires_grad_(False)
+    return small_random_clip(seed=0, width=32, image_size=32)
 
 
 # --- reconstruction ---------------------------------------------------------------------------------------------
