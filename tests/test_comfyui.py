@@ -70,7 +70,6 @@ def test_clip_guidance_ends_with_a_lower_loss_than_the_same_seed_unguided(comfy)
     graphs.save(graph, "10", graphs.plain_sampler(graph, "9", steps=6), "clip_unguided")
     result = run_ok(comfy, graph)
     guided, unguided = clip_loss(comfy, images(comfy, result, "8")), clip_loss(comfy, images(comfy, result, "10"))
-    print("CLIP loss guided", guided, "unguided", unguided)
     assert (guided < unguided - 0.02).all(), (guided, unguided)
 
 
@@ -95,7 +94,6 @@ def test_reconstruction_guidance_ends_closer_to_the_reference_than_unguided(comf
     result = run_ok(comfy, graph)
     guided_error = ((images(comfy, result, "8") - pixels) ** 2).mean()
     unguided_error = ((images(comfy, result, "10") - pixels) ** 2).mean()
-    print("reconstruction error guided", guided_error, "unguided", unguided_error)
     assert guided_error < 0.85 * unguided_error, (guided_error, unguided_error)
 
 
