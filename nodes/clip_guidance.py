@@ -39,9 +39,7 @@ class ClipGuidanceModel:
         return cls(patcher, tokenizer)
 
 
-def _load_state_dict(architecture: str, weights: str, pretrained_tag: str):
-    if weights != DOWNLOAD:
-        return comfy.utils.load_torch_file(folder_paths.get_full_path(MODEL_FOLDER, weights), safe_load=True)
+def _download(architecture: str, pretrained_tag: str):
     cache_dir = os.path.join(folder_paths.get_folder_paths(MODEL_FOLDER)[0], "open_clip")
     log.info("Downloading open_clip %s/%s into %s (once).", architecture, pretrained_tag, cache_dir)
     try:
@@ -51,7 +49,7 @@ def _load_state_dict(architecture: str, weights: str, pretrained_tag: str):
             f"Could not get open_clip weights {architecture}/{pretrained_tag}: {error}. Without internet, save the "
             f"model's state dict as a .safetensors or .pt file in {model_folder_hint()} and choose it in 'weights'."
         ) from error
-    return model.state_dict()
+    return model.eval().requires_grad_(False)
 
 
 class CLIPGuidanceModelLoader:
@@ -76,8 +74,12 @@ class CLIPGuidanceModelLoader:
         return True
 
     def load(self, architecture, weights, pretrained_tag):
-        state_dict = _load_state_dict(architecture, weights, pretrained_tag)
-        return (ClipGuidanceModel.wrap(build_clip_model(architecture, state_dict), architecture),)
+        if weights == DOWNLOAD:
+            model = _download(architecture, pretrained_tag)
+        else:
+            state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path(MODEL_FOLDER, weights), safe_load=True)
+            model = build_clip_model(architecture, state_dict)
+        return (ClipGuidanceModel.wrap(model, architecture),)
 
 
 class CLIPTextGuidance:

@@ -239,3 +239,13 @@ def test_out_of_memory_says_what_to_change_and_keeps_comfyuis_own_handling(comfy
         text = error_text(comfy.run(graph))
     assert "OutOfMemoryError" in text
     assert any("TAESD guidance_vae" in r.getMessage() for r in caplog.records)
+
+
+def test_failed_clip_download_says_where_to_put_the_file(comfy):
+    graph = graphs.base_graph(batch=1)
+    graph["5"] = {"class_type": "UGDCLIPGuidanceModelLoader", "inputs": {"architecture": "RN50", "weights": "(download pretrained_tag)", "pretrained_tag": "no-such-tag"}}
+    graph["6"] = {"class_type": "UGDCLIPTextGuidance", "inputs": {"clip_model": ["5", 0], "text": "x", **graphs.GUIDANCE_DEFAULTS}}
+    graphs.guided_sampler(graph, "7", ["6", 0])
+    graphs.save(graph, "8", ["7", 0], "bad")
+    text = error_text(comfy.run(graph))
+    assert "Could not get open_clip weights RN50/no-such-tag" in text and os.path.join("models", "ugd") in text

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     result = host.run(prompt)
     if not result.success:
         for error in result.errors:
-            message = error.get("exception_message") or error
+            message = error.get("exception_message") or json.dumps(error, default=str)
             print(f"error: {message}", file=sys.stderr)
         return 1
     for node_output in result.outputs.values():
