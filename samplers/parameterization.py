@@ -32,7 +32,10 @@ def forward_guidance_scale(schedule: str, weight: float, a: float, b: float) -> 
 
     `ε̂ = ε + s(t)·∇_z ℓ` with `∇_z = √(a²+b²)·∇ₓ` and `x0 = (x − b·ε)/a` gives
     `c = s(t)·(b/a)·√(a² + b²)`. The paper's `s(t) = w·√(1 − ᾱ)` makes this `w·b²/a`.
+    At a = 0 (a flow model's pure-noise level, ᾱ = 0) the ε-form gives no x0, so c is 0 there.
     """
+    if a <= 0:
+        return 0.0
     if schedule == "paper":
         return weight * b * b / a
     if schedule == "constant":

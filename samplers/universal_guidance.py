@@ -110,7 +110,8 @@ class GuidedDenoiser:
 
     def __call__(self, x, sigma, active: Sequence[tuple[GuidanceTerm, BoundLoss]], a: float, b: float):
         """x0 after forward guidance, then backward guidance, by the active (term, bound loss) pairs."""
-        weighted = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active if t.weight > 0]
+        scales = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active]
+        weighted = [(t, fn, c) for t, fn, c in scales if c > 0]
         x0 = self.forward_guided(x, sigma, weighted) if weighted else self.model(x, sigma, **self.extra_args)
         deltas = []
         for term, loss_fn in active:

@@ -39,4 +39,4 @@ def sigmas_eps(steps=6):
 
 
 def sigmas_flow(steps=6):
-    return torch.cat([torch.linspace(0.95, 0.1, steps), torch.zeros(1)])
+    return torch.cat([torch.linspace(1.0, 0.1, steps), torch.zeros(1)])  # starts at pure noise, a = 0

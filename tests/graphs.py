@@ -37,7 +37,7 @@ def reconstruction_guidance(graph, node, image, mask=None, **settings):
 
 def guided_sampler(graph, node, guidance, latent=("4", 0), seed=1, steps=4, cfg=5.0, recurrence=2, sampler="ddim", **extra):
     graph[node] = {"class_type": "UniversalGuidedKSampler", "inputs": {
-        "model": ["1", 0], "vae": ["1", 2], "positive": ["2", 0], "negative": ["3", 0], "latent_image": list(latent),
+        "model": extra.pop("model", ["1", 0]), "vae": ["1", 2], "positive": ["2", 0], "negative": ["3", 0], "latent_image": list(latent),
         "guidance": guidance, "seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": "normal",
         "denoise": 1.0, "recurrence": recurrence, **extra}}
     return [node, 0]

@@ -105,6 +105,29 @@ def test_zero_strength_guidance_matches_comfyuis_own_ddim(comfy):
     torch.testing.assert_close(latent(comfy, "zero_guided"), latent(comfy, "zero_plain"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("sampling_node, inputs", [
+    ("ModelSamplingDiscrete", {"sampling": "v_prediction", "zsnr": False}),
+    ("ModelSamplingSD3", {"shift": 3.0}),  # a flow (CONST) model: x = (1 − σ)·x0 + σ·ε
+], ids=["v-prediction", "flow"])
+def test_v_prediction_and_flow_models(comfy, sampling_node, inputs):
+    if sampling_node not in comfy.nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip(f"this ComfyUI has no {sampling_node} (flow models arrived 2024-06)")
+    graph = graphs.base_graph(batch=1)
+    graph["ms"] = {"class_type": sampling_node, "inputs": {"model": ["1", 0], **inputs}}
+    zero = graphs.guided_sampler(graph, "7", graphs.clip_guidance(graph, node="6z", weight=0.0), recurrence=1, model=["ms", 0])
+    graphs.save(graph, "8", zero, "param_zero")
+    graph["9"] = {"class_type": "KSampler", "inputs": {
+        "model": ["ms", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 1,
+        "steps": 4, "cfg": 5.0, "sampler_name": "ddim", "scheduler": "normal", "denoise": 1.0}}
+    graphs.save(graph, "10", ["9", 0], "param_plain")
+    guided = graphs.guided_sampler(graph, "11", graphs.clip_guidance(graph, weight=0.5, backward_steps=2), model=["ms", 0])
+    graphs.save(graph, "12", guided, "param_guided")
+    run_ok(comfy, graph)
+    torch.testing.assert_close(latent(comfy, "param_zero"), latent(comfy, "param_plain"), rtol=1e-4, atol=1e-4)
+    out = latent(comfy, "param_guided")
+    assert torch.isfinite(out).all() and not torch.allclose(out, latent(comfy, "param_plain"))
+
+
 def test_sampler_node_in_sampler_custom_matches_the_all_in_one_node(comfy):
     graph = graphs.base_graph(batch=1)
     guidance = graphs.clip_guidance(graph, weight=5.0, backward_steps=1)

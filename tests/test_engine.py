@@ -75,6 +75,7 @@ def test_forward_guidance_equals_the_papers_eps_form(noise_scaling, sigma):
 
 def test_paper_schedule_is_w_sigma_squared_for_eps_models():
     assert forward_guidance_scale("paper", 4.0, 1.0, 3.0) == pytest.approx(4.0 * 9.0)
+    assert forward_guidance_scale("paper", 4.0, 0.0, 1.0) == 0.0  # flow model at σ = 1: no x0 from the ε-form
     # constant s: c = s·(b/a)·√(a²+b²)
     assert forward_guidance_scale("constant", 2.0, 0.5, 0.5) == pytest.approx(2.0 * 1.0 * math.sqrt(0.5))
 
