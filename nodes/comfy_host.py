@@ -77,9 +77,9 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
     base_model = model.inner_model.inner_model
     extra_args = _normal_copies(model, extra_args)
     check_guidance(guidance, x.shape, vae)
-    patcher = _patcher_of(base_model)
-    comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [vae.patcher] + guidance_patchers(guidance))
-    for module in [base_model, vae.first_stage_model] + [p.model for p in guidance_patchers(guidance)]:
+    patcher, networks = _patcher_of(base_model), guidance_patchers(guidance)
+    comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [vae.patcher] + networks)
+    for module in [base_model, vae.first_stage_model] + [p.model for p in networks]:
         make_autograd_safe(module)
     if getattr(comfy.model_management, "sage_attention_enabled", lambda: False)():
         log.warning("Universal guidance: SageAttention has no backward pass, so the guidance gradient loses the "
