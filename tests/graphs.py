@@ -22,6 +22,15 @@ def clip_guidance(graph, node="6", text="a red square", **settings):
     return [node, 0]
 
 
+def loaded_clip_guidance(graph, architecture, weights, pretrained_tag="", text="x", **settings):
+    """CLIP Guidance Model Loader (5) feeding CLIP Text Guidance (6)."""
+    graph["5"] = {"class_type": "UGDCLIPGuidanceModelLoader",
+                  "inputs": {"architecture": architecture, "weights": weights, "pretrained_tag": pretrained_tag}}
+    graph["6"] = {"class_type": "UGDCLIPTextGuidance",
+                  "inputs": {"clip_model": ["5", 0], "text": text, **{**GUIDANCE_DEFAULTS, **settings}}}
+    return ["6", 0]
+
+
 def load_image(graph, node, filename):
     graph[node] = {"class_type": "LoadImage", "inputs": {"image": filename}}
     return [node, 0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -221,9 +222,7 @@ def test_guidance_images_that_do_not_fit_the_latent_are_rejected(comfy, size, ba
 
 def test_missing_clip_weight_file_is_named_with_where_to_put_it(comfy):
     graph = graphs.base_graph(batch=1)
-    graph["5"] = {"class_type": "UGDCLIPGuidanceModelLoader", "inputs": {"architecture": "RN50", "weights": "missing.safetensors", "pretrained_tag": "openai"}}
-    graph["6"] = {"class_type": "UGDCLIPTextGuidance", "inputs": {"clip_model": ["5", 0], "text": "x", **graphs.GUIDANCE_DEFAULTS}}
-    graphs.guided_sampler(graph, "7", ["6", 0])
+    graphs.guided_sampler(graph, "7", graphs.loaded_clip_guidance(graph, "RN50", "missing.safetensors", "openai"))
     graphs.save(graph, "8", ["7", 0], "bad")
     text = error_text(comfy.run(graph))
     assert "missing.safetensors" in text and os.path.join("models", "ugd") in text
@@ -236,15 +235,14 @@ def test_clip_guidance_model_loads_from_a_file_in_the_ugd_folder(comfy, tmp_path
     config = {"embed_dim": 32,
               "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    (tmp_path / "ugd-test-tiny.json").write_text(__import__("json").dumps(config))
+    (tmp_path / "ugd-test-tiny.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / "ugd-test-tiny.json")
     model = open_clip.create_model("ugd-test-tiny")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tiny_clip.safetensors")
     comfy.folder_paths.add_model_folder_path("ugd", str(tmp_path))
     graph = graphs.base_graph(batch=1)
-    graph["5"] = {"class_type": "UGDCLIPGuidanceModelLoader", "inputs": {"architecture": "ugd-test-tiny", "weights": "tiny_clip.safetensors", "pretrained_tag": ""}}
-    graph["6"] = {"class_type": "UGDCLIPTextGuidance", "inputs": {"clip_model": ["5", 0], "text": "a dog", **{**graphs.GUIDANCE_DEFAULTS, "weight": 1.0}}}
-    graphs.save(graph, "8", graphs.guided_sampler(graph, "7", ["6", 0], recurrence=1), "file_clip")
+    guidance = graphs.loaded_clip_guidance(graph, "ugd-test-tiny", "tiny_clip.safetensors", text="a dog", weight=1.0)
+    graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance, recurrence=1), "file_clip")
     run_ok(comfy, graph)
 
 
@@ -266,9 +264,7 @@ def test_out_of_memory_says_what_to_change_and_keeps_comfyuis_own_handling(comfy
 
 def test_failed_clip_download_says_where_to_put_the_file(comfy):
     graph = graphs.base_graph(batch=1)
-    graph["5"] = {"class_type": "UGDCLIPGuidanceModelLoader", "inputs": {"architecture": "RN50", "weights": "(download pretrained_tag)", "pretrained_tag": "no-such-tag"}}
-    graph["6"] = {"class_type": "UGDCLIPTextGuidance", "inputs": {"clip_model": ["5", 0], "text": "x", **graphs.GUIDANCE_DEFAULTS}}
-    graphs.guided_sampler(graph, "7", ["6", 0])
+    graphs.guided_sampler(graph, "7", graphs.loaded_clip_guidance(graph, "RN50", "(download pretrained_tag)", "no-such-tag"))
     graphs.save(graph, "8", ["7", 0], "bad")
     text = error_text(comfy.run(graph))
     assert "Could not get open_clip weights RN50/no-such-tag" in text and os.path.join("models", "ugd") in text
