@@ -43,3 +43,19 @@ def mask_to_b1hw(mask: torch.Tensor) -> torch.Tensor:
     if mask.ndim != 3:
         raise ValueError(f"Expected a MASK of shape (B, H, W), got {tuple(mask.shape)}.")
     return mask[:, None]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resize_short_side(image: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """Differentiable resize of (B, C, H, W) so that its shorter side is `size`, keeping the aspect ratio."""
+    if min(image.shape[-2:]) == size:
+        return image
+    return kornia.geometry.transform.resize(image, size, side="short", interpolation=interpolation, antialias=True)
+
+
+def normalize(image: torch.Tensor, mean, std) -> torch.Tensor:
+    """(image − mean) / std per channel, with mean and std as sequences."""
+    return kornia.enhance.normalize(image, image.new_tensor(mean), image.new_tensor(std))

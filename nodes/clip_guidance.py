@@ -1,4 +1,4 @@
-"""CLIP text guidance nodes: load an open_clip model, and guide towards a text prompt."""
+"""CLIP guidance nodes: load an open_clip model, and guide towards a text prompt, an image, or an image's style."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,14 +7,19 @@ import os
 
 import open_clip
 
+import torch
+
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from ..guidance.clip_text import CLIPTextLoss, build_clip_model, encode_text
+from ..guidance.clip_gram_style import CLIPGramStyleLoss, style_grams
+from ..guidance.clip_similarity import CLIPSimilarityLoss, build_clip_model, encode_image, encode_text
+from ..guidance.images import image_to_bchw
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 from .model_folder import MODEL_FOLDER, model_folder_hint
+from .network_weights import managed
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +36,7 @@ class ClipGuidanceModel:
 
     @classmethod
     def wrap(cls, model, tokenizer: str) -> "ClipGuidanceModel":
-        patcher = comfy.model_patcher.ModelPatcher(
-            model,
-            load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.unet_offload_device(),
-        )
-        return cls(patcher, tokenizer)
+        return cls(managed(model), tokenizer)
 
 
 def _download(architecture: str, pretrained_tag: str):
@@ -83,7 +83,7 @@ class CLIPGuidanceModelLoader:
 
 
 class CLIPTextGuidance:
-    DESCRIPTION = ("Guides towards a text prompt with ℓ = −cos(CLIP image embedding, CLIP text embedding) (paper §4.1). "
+    DESCRIPTION = ("Guides towards a text prompt with ℓ = −100·cos(CLIP image embedding, CLIP text embedding) (paper §4.1). "
                    "Paper settings: w = 10 with the paper schedule, recurrence k = 8, empty sampler prompt.")
     CATEGORY = "universal_guidance/guidance"
     RETURN_TYPES = (GUIDANCE,)
@@ -102,15 +102,70 @@ class CLIPTextGuidance:
             raise ValueError("CLIP Text Guidance: the text is empty; write the prompt the images should match.")
         comfy.model_management.load_models_gpu([clip_model.patcher])
         embedding = encode_text(clip_model.patcher.model, clip_model.tokenizer, text)
-        loss = CLIPTextLoss(clip_model.patcher.model, embedding)
+        loss = CLIPSimilarityLoss(clip_model.patcher.model, embedding)
         return guidance_output(f"CLIP text guidance ({text.strip()[:40]!r})", loss, [clip_model.patcher], **settings)
+
+
+def _image_features(clip_model, image, encode):
+    """`encode(model, image)` of a ComfyUI IMAGE, without gradients, on the CLIP model's device."""
+    comfy.model_management.load_models_gpu([clip_model.patcher])
+    model = clip_model.patcher.model
+    with torch.no_grad():
+        return encode(model, image_to_bchw(image).to(next(model.parameters()).device, torch.float32))
+
+
+class CLIPImageGuidance:
+    DESCRIPTION = ("Guides towards a reference image with ℓ = −100·cos(CLIP image embeddings): the paper's style "
+                   "guidance (§4.2) and Semantic Diffusion Guidance's content guidance. Paper settings for style: "
+                   "w = 6, recurrence k = 6, a text prompt, cfg 3.")
+    CATEGORY = "universal_guidance/guidance"
+    RETURN_TYPES = (GUIDANCE,)
+    FUNCTION = "guide"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_model": (CLIP_GUIDANCE_MODEL, {"tooltip": "From CLIP Guidance Model Loader."}),
+            "image": ("IMAGE", {"tooltip": "The style or content reference; 1 for all samples, or one per sample."}),
+            **settings_inputs(weight=6.0),
+        }}
+
+    def guide(self, clip_model, image, **settings):
+        embedding = _image_features(clip_model, image, encode_image)
+        loss = CLIPSimilarityLoss(clip_model.patcher.model, embedding, "reference images")
+        return guidance_output("CLIP image guidance", loss, [clip_model.patcher], **settings)
+
+
+class CLIPGramStyleGuidance:
+    DESCRIPTION = ("Guides towards the style of an image by matching Gram matrices of early CLIP image features "
+                   "(Semantic Diffusion Guidance's style guidance). ℓ is relative, 0 at the style image's own statistics.")
+    CATEGORY = "universal_guidance/guidance"
+    RETURN_TYPES = (GUIDANCE,)
+    FUNCTION = "guide"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_model": (CLIP_GUIDANCE_MODEL, {"tooltip": "From CLIP Guidance Model Loader (ResNet or ViT)."}),
+            "style_image": ("IMAGE", {"tooltip": "The style reference; 1 for all samples, or one per sample."}),
+            **settings_inputs(weight=6.0),
+        }}
+
+    def guide(self, clip_model, style_image, **settings):
+        grams = _image_features(clip_model, style_image, style_grams)
+        loss = CLIPGramStyleLoss(clip_model.patcher.model, grams)
+        return guidance_output("CLIP Gram style guidance", loss, [clip_model.patcher], **settings)
 
 
 NODE_CLASS_MAPPINGS = {
     "UGDCLIPGuidanceModelLoader": CLIPGuidanceModelLoader,
     "UGDCLIPTextGuidance": CLIPTextGuidance,
+    "UGDCLIPImageGuidance": CLIPImageGuidance,
+    "UGDCLIPGramStyleGuidance": CLIPGramStyleGuidance,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UGDCLIPGuidanceModelLoader": "CLIP Guidance Model Loader",
     "UGDCLIPTextGuidance": "CLIP Text Guidance",
+    "UGDCLIPImageGuidance": "CLIP Image Guidance (style / content)",
+    "UGDCLIPGramStyleGuidance": "CLIP Gram Style Guidance",
 }

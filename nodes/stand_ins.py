@@ -1,4 +1,4 @@
-"""Small random-weight stand-ins for a Stable Diffusion 1.x checkpoint and a CLIP guidance model.
+"""Small random-weight stand-ins for a Stable Diffusion 1.x checkpoint and for every guidance network.
 
 They let a workflow run where no model files exist (tests, CI, trying a graph's wiring). Their images
 are noise-like and mean nothing; every node here says so.
@@ -19,8 +19,17 @@ import comfy.sd1_clip
 import comfy.supported_models
 import comfy.supported_models_base
 
-from ..guidance.clip_text import small_random_clip
+from ..guidance.classifier import small_random_classifier
+from ..guidance.clip_similarity import small_random_clip
+from ..guidance.face_identity import small_random_face_networks
+from ..guidance.object_location import small_random_detector
+from ..guidance.segmentation import small_random_segmenter
+from .classifier_guidance import CLASSIFIER_MODEL
 from .clip_guidance import CLIP_GUIDANCE_MODEL, ClipGuidanceModel
+from .face_guidance import FACE_MODEL
+from .network_weights import managed
+from .object_location_guidance import DETECTOR_MODEL
+from .segmentation_guidance import SEGMENTATION_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +143,42 @@ class StandInCLIPGuidanceModel:
         return (ClipGuidanceModel.wrap(small_random_clip(seed), STAND_IN_CLIP_TOKENIZER),)
 
 
+def _stand_in_network_node(return_type: str, build, what: str, detail: str = "") -> type:
+    """A node class giving `build(seed)` under ComfyUI's memory management, for testing a graph's wiring."""
+
+    def load(self, seed):
+        log.warning("Using a STAND-IN %s with random weights: its guidance will not mean anything.", what)
+        return (managed(build(seed)),)
+
+    return type(f"StandIn{return_type}", (), {
+        "DESCRIPTION": f"A tiny random-weight {what} for the guidance nodes{detail}. Its guidance means nothing: use it only to test a workflow.",
+        "CATEGORY": "universal_guidance/testing",
+        "RETURN_TYPES": (return_type,),
+        "FUNCTION": "load",
+        "INPUT_TYPES": classmethod(lambda cls: {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})}}),
+        "load": load,
+    })
+
+
+STAND_IN_NETWORKS = {
+    "UGDStandInSegmentationModel": (_stand_in_network_node(SEGMENTATION_MODEL, small_random_segmenter, "segmentation model"),
+                                    "Stand-in Segmentation Model (random weights, testing)"),
+    "UGDStandInFaceModel": (_stand_in_network_node(FACE_MODEL, small_random_face_networks, "face model",
+                                                   ", whose detector takes the middle of every image for the face"),
+                            "Stand-in Face Model (random weights, testing)"),
+    "UGDStandInObjectDetector": (_stand_in_network_node(DETECTOR_MODEL, small_random_detector, "object detector"),
+                                 "Stand-in Object Detector (random weights, testing)"),
+    "UGDStandInClassifier": (_stand_in_network_node(CLASSIFIER_MODEL, small_random_classifier, "ImageNet classifier"),
+                             "Stand-in Classifier (random weights, testing)"),
+}
+
 NODE_CLASS_MAPPINGS = {
     "UGDStandInCheckpoint": StandInCheckpoint,
     "UGDStandInCLIPGuidanceModel": StandInCLIPGuidanceModel,
+    **{name: node for name, (node, _) in STAND_IN_NETWORKS.items()},
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UGDStandInCheckpoint": "Stand-in Checkpoint (random weights, testing)",
     "UGDStandInCLIPGuidanceModel": "Stand-in CLIP Guidance Model (random weights, testing)",
+    **{name: title for name, (_, title) in STAND_IN_NETWORKS.items()},
 }

@@ -64,3 +64,22 @@ def save(graph, node, latent, prefix):
     graph[node + "d"] = {"class_type": "VAEDecode", "inputs": {"samples": latent, "vae": ["1", 2]}}
     graph[node] = {"class_type": "SaveImage", "inputs": {"images": [node + "d", 0], "filename_prefix": prefix}}
     graph[node + "l"] = {"class_type": "SaveLatent", "inputs": {"samples": latent, "filename_prefix": "latents/" + prefix}}
+
+
+STAND_INS = {
+    "UGDSegmentationGuidance": ("segmentation_model", "UGDStandInSegmentationModel"),
+    "UGDFaceIdentityGuidance": ("face_model", "UGDStandInFaceModel"),
+    "UGDObjectLocationGuidance": ("detector", "UGDStandInObjectDetector"),
+    "UGDClassifierGuidance": ("classifier", "UGDStandInClassifier"),
+    "UGDCLIPImageGuidance": ("clip_model", "UGDStandInCLIPGuidanceModel"),
+    "UGDCLIPGramStyleGuidance": ("clip_model", "UGDStandInCLIPGuidanceModel"),
+}
+
+
+def stand_in_guidance(graph, node, class_type, **inputs):
+    """A guidance node (node) fed by its stand-in network (node + 'n'), with the shared settings defaulted."""
+    network_input, stand_in = STAND_INS[class_type]
+    graph[node + "n"] = {"class_type": stand_in, "inputs": {"seed": 0}}
+    graph[node] = {"class_type": class_type,
+                   "inputs": {network_input: [node + "n", 0], **{**GUIDANCE_DEFAULTS, **inputs}}}
+    return [node, 0]

@@ -274,7 +274,8 @@ def test_recurrence_below_one_is_rejected():
 def test_engine_and_losses_never_import_comfyui():
     code = (
         "import sys; sys.path.insert(0, '.');"
-        "import samplers.universal_guidance, guidance.clip_text, guidance.reconstruction;"
+        "import samplers.universal_guidance, guidance.clip_similarity, guidance.clip_gram_style, guidance.reconstruction,"
+        " guidance.segmentation, guidance.face_identity, guidance.object_location, guidance.classifier;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'comfy_api')];"
         "assert not bad, bad"
     )

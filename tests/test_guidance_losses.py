@@ -5,7 +5,7 @@ import open_clip
 import pytest
 import torch
 
-from guidance.clip_text import CLIPTextLoss, build_clip_model, clip_preprocess, encode_text, negative_cosine, small_random_clip
+from guidance.clip_similarity import LOGIT_SCALE, CLIPSimilarityLoss, build_clip_model, clip_preprocess, encode_text, negative_cosine, small_random_clip
 from guidance.reconstruction import ReconstructionLoss, masked_mse
 
 
@@ -70,12 +70,12 @@ def test_reconstruction_rejects_a_mask_that_hides_everything():
 # --- CLIP text --------------------------------------------------------------------------------------------------
 
 def test_clip_preprocess_crops_to_a_square_resizes_and_normalises():
-    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     image = torch.zeros(2, 3, 30, 50)
     image[..., 10:40] = 1.0  # the centre square is white, the sides black
     out = clip_preprocess(image, 24, mean, std)
     assert out.shape == (2, 3, 24, 24)
-    white = (1 - mean) / std
+    white = (1 - torch.tensor(mean)) / torch.tensor(std)
     torch.testing.assert_close(out[0, :, 12, 12], white, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.mean(dim=(0, 2, 3)), white, rtol=1e-3, atol=1e-3)
 
@@ -91,10 +91,10 @@ def test_clip_text_loss_shapes_and_gradient(batch):
     model = tiny_clip()
     text = encode_text(model, "RN50", "a photo of a cat")
     assert text.shape == (1, 32)
-    loss = CLIPTextLoss(model, text).bind("cpu")
+    loss = CLIPSimilarityLoss(model, text).bind("cpu")
     image = torch.rand(batch, 3, 40, 56, requires_grad=True)
     value = loss(image)
-    assert value.shape == (batch,) and ((value >= -1) & (value <= 1)).all()
+    assert value.shape == (batch,) and ((value >= -LOGIT_SCALE) & (value <= LOGIT_SCALE)).all()
     (grad,) = torch.autograd.grad(value.sum(), image)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
@@ -102,14 +102,13 @@ def test_clip_text_loss_shapes_and_gradient(batch):
 def test_clip_text_loss_reaches_its_minimum_when_the_embeddings_match():
     model = tiny_clip()
     image = torch.rand(1, 3, 32, 32)
-    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
-    embedding = model.encode_image(clip_preprocess(image, 32, mean, std))
-    assert float(CLIPTextLoss(model, embedding).bind("cpu")(image)) == pytest.approx(-1.0, abs=1e-5)
+    embedding = model.encode_image(clip_preprocess(image, 32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD))
+    assert float(CLIPSimilarityLoss(model, embedding).bind("cpu")(image)) == pytest.approx(-LOGIT_SCALE, abs=1e-3)
 
 
 def test_clip_text_loss_rejects_a_batch_of_prompts_that_does_not_fit():
-    with pytest.raises(ValueError, match="3 text embeddings cannot guide 2 samples"):
-        CLIPTextLoss(tiny_clip(), torch.randn(3, 32)).check(2, 64, 64)
+    with pytest.raises(ValueError, match="3 text embeddings cannot guide 2 samples: give 1 or 2"):
+        CLIPSimilarityLoss(tiny_clip(), torch.randn(3, 32)).check(2, 64, 64)
 
 
 def test_build_clip_model_rejects_unknown_architectures_and_mismatched_weights():

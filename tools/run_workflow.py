@@ -21,8 +21,13 @@ LOADERS = {
     "CheckpointLoaderSimple": ("checkpoints", "ckpt_name", "UGDStandInCheckpoint", {0: 0, 1: 1, 2: 2}),
     "VAELoader": ("vae", "vae_name", "UGDStandInCheckpoint", {0: 2}),
     "UGDCLIPGuidanceModelLoader": ("ugd", "weights", "UGDStandInCLIPGuidanceModel", {0: 0}),
+    "UGDSegmentationModelLoader": ("ugd", "weights", "UGDStandInSegmentationModel", {0: 0}),
+    "UGDFaceModelLoader": ("ugd", "weights", "UGDStandInFaceModel", {0: 0}),
+    "UGDObjectDetectorLoader": ("ugd", "weights", "UGDStandInObjectDetector", {0: 0}),
+    "UGDClassifierModelLoader": ("ugd", "weights", "UGDStandInClassifier", {0: 0}),
 }
-DOWNLOADED = {"(download pretrained_tag)", "taesd", "taesdxl"}
+# Loader choices that fetch their files themselves.
+DOWNLOADED = {"(download pretrained_tag)", "(auto: models/ugd, downloaded if missing)", "taesd", "taesdxl"}
 STAND_IN_SIZE, STAND_IN_MAX_STEPS = 64, 10
 
 

@@ -1,10 +1,18 @@
-"""CLIP text guidance (paper §4.1): negative cosine similarity of CLIP image and text embeddings."""
+"""CLIP similarity guidance: negative cosine between the CLIP image embedding and a text's (paper §4.1) or an image's (§4.2 style).
+
+The reference scores with CLIP's logits, 100·cos (ugd-reference.md §2.4-2.5), and the paper's weights are
+tuned to that scale, so the losses here carry the same factor.
+"""
 from __future__ import annotations
 
 import kornia
 import open_clip
 import torch
 import torch.nn.functional as F
+
+from .images import normalize
+
+LOGIT_SCALE = 100.0  # OpenAI CLIP's trained exp(logit_scale), which the reference's losses include
 
 
 def build_clip_model(architecture: str, state_dict: dict | None = None) -> torch.nn.Module:
@@ -45,7 +53,7 @@ def encode_text(model: torch.nn.Module, architecture: str, text: str) -> torch.T
         return model.encode_text(tokens.to(device)).float()
 
 
-def clip_preprocess(image: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def clip_preprocess(image: torch.Tensor, size: int, mean, std) -> torch.Tensor:
     """Differentiable CLIP preprocessing of (B, 3, H, W) in [0, 1]: centre square crop, bicubic resize, normalise.
 
     Unlike the reference, which normalises with ImageNet statistics (ugd-reference.md §0.8), this uses
@@ -56,7 +64,7 @@ def clip_preprocess(image: torch.Tensor, size: int, mean: torch.Tensor, std: tor
     top, left = (h - side) // 2, (w - side) // 2
     square = image[..., top : top + side, left : left + side]
     resized = kornia.geometry.transform.resize(square, (size, size), interpolation="bicubic", antialias=True)
-    return kornia.enhance.normalize(resized, mean, std)
+    return normalize(resized, mean, std)
 
 
 def negative_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,31 +72,40 @@ def negative_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -(F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1)
 
 
-class CLIPTextLoss:
-    """ℓ = −cos(CLIP_image(x), CLIP_text(prompt)) for each sample."""
+def preprocessing_of(model: torch.nn.Module) -> tuple[int, tuple, tuple]:
+    """(input size, mean, std) of an open_clip model's image tower."""
+    cfg = model.visual.preprocess_cfg
+    size = cfg["size"]
+    return (size if isinstance(size, int) else size[0]), tuple(cfg["mean"]), tuple(cfg["std"])
 
-    def __init__(self, model: torch.nn.Module, text_embedding: torch.Tensor):
-        self.model = model
-        self.text_embedding = text_embedding
-        cfg = model.visual.preprocess_cfg
-        size = cfg["size"]
-        self.size = size if isinstance(size, int) else size[0]
-        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+
+def encode_image(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """(B, D) CLIP image embedding of (B, 3, H, W) in [0, 1], differentiable in the image."""
+    parameter = next(model.parameters())
+    size, mean, std = preprocessing_of(model)
+    pixels = clip_preprocess(image.to(parameter.device, torch.float32), size, mean, std)
+    return model.encode_image(pixels.to(parameter.dtype)).float()
+
+
+class CLIPSimilarityLoss:
+    """ℓ = −100·cos(CLIP_image(x), target) for each sample.
+
+    The target is a text embedding for text guidance (paper §4.1), or the image embedding of a reference
+    for the paper's style guidance (§4.2), which is also SDG's content guidance.
+    """
+
+    def __init__(self, model: torch.nn.Module, target: torch.Tensor, target_name: str = "text embeddings"):
+        self.model, self.target, self.target_name = model, target, target_name
 
     def check(self, batch: int, height: int, width: int) -> None:
-        if self.text_embedding.shape[0] not in (1, batch):
-            raise ValueError(f"{self.text_embedding.shape[0]} text embeddings cannot guide {batch} samples.")
+        if self.target.shape[0] not in (1, batch):
+            raise ValueError(f"{self.target.shape[0]} {self.target_name} cannot guide {batch} samples: give 1 or {batch}.")
 
     def bind(self, device: torch.device):
         model = self.model
-        parameter = next(model.parameters())
-        text = self.text_embedding.to(device=parameter.device, dtype=torch.float32).clone()
-        mean = torch.tensor(self.mean, device=parameter.device)
-        std = torch.tensor(self.std, device=parameter.device)
+        target = self.target.to(device=next(model.parameters()).device, dtype=torch.float32).clone()
 
         def loss(image: torch.Tensor) -> torch.Tensor:
-            pixels = clip_preprocess(image.to(parameter.device, torch.float32), self.size, mean, std)
-            embedding = model.encode_image(pixels.to(parameter.dtype)).float()
-            return negative_cosine(embedding, text).to(image.device)
+            return LOGIT_SCALE * negative_cosine(encode_image(model, image), target).to(image.device)
 
         return loss

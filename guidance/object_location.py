@@ -1,0 +1,175 @@
+"""Object location guidance (paper §4.2): Faster R-CNN's training loss for boxes the image should contain.
+
+As in the reference (ugd-reference.md §2.3): torchvision's `fasterrcnn_resnet50_fpn_v2` (COCO) runs in train
+mode with every BatchNorm in eval mode, and ℓ = loss_classifier + loss_objectness + loss_rpn_box_reg (the
+ROI box regression is left out). Train mode samples proposals and anchors at random; here that sampling
+draws from a generator seeded per call, so that a run reproduces.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torchvision.models import detection
+
+WEIGHTS = detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1
+COCO_CATEGORIES = tuple(WEIGHTS.meta["categories"])  # index = label; "__background__" and "N/A" are no objects
+UNITS = ("auto", "pixels", "fractions")
+LOSS_TERMS = ("loss_classifier", "loss_objectness", "loss_rpn_box_reg")
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """Labelled boxes (x0, y0, x1, y1), in pixels of the sampled image or, if `fractions`, in fractions of it."""
+
+    labels: tuple[int, ...]
+    corners: tuple[tuple[float, float, float, float], ...]
+    fractions: bool
+
+    def in_pixels(self, height: int, width: int) -> torch.Tensor:
+        corners = torch.tensor(self.corners, dtype=torch.float32)
+        return corners * torch.tensor([width, height, width, height]) if self.fractions else corners
+
+
+def coco_label(name: str, categories=COCO_CATEGORIES) -> int:
+    """The COCO label index of a category name (case and '_' versus ' ' do not matter); ValueError if unknown."""
+    wanted = name.strip().lower().replace("_", " ")
+    names = [c for c in categories if c not in ("__background__", "N/A")]
+    if wanted in names:
+        return categories.index(wanted)
+    close = difflib.get_close_matches(wanted, names, n=3)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else f" The COCO classes are: {', '.join(names)}."
+    raise ValueError(f"Unknown object class {name.strip()!r}.{hint}")
+
+
+def parse_boxes(text: str, units: str = "auto", categories=COCO_CATEGORIES) -> Boxes:
+    """Parse one box per line, `label x0 y0 x1 y1`; blank lines and lines starting with '#' are skipped.
+
+    units: "pixels", "fractions" (of the image's width and height), or "auto": fractions when every
+    coordinate lies in [0, 1], else pixels.
+    """
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}.")
+    labels, corners = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.replace(",", " ").split()
+        try:
+            coordinates = tuple(float(v) for v in parts[-4:])
+        except ValueError:
+            coordinates = ()
+        if len(parts) < 5 or len(coordinates) != 4:
+            raise ValueError(f"Box line {number} ({line!r}) is not 'label x0 y0 x1 y1', e.g. 'dog 38 166 218 346'.")
+        x0, y0, x1, y1 = coordinates
+        if not (x1 > x0 and y1 > y0) or min(coordinates) < 0:
+            raise ValueError(f"Box line {number} ({line!r}) needs 0 <= x0 < x1 and 0 <= y0 < y1.")
+        labels.append(coco_label(" ".join(parts[:-4]), categories))
+        corners.append(coordinates)
+    if not labels:
+        raise ValueError("The box list is empty: write one box per line as 'label x0 y0 x1 y1', e.g. 'dog 38 166 218 346'.")
+    fractions = units == "fractions" or (units == "auto" and max(max(c) for c in corners) <= 1.0)
+    if fractions and max(max(c) for c in corners) > 1.0:
+        raise ValueError("With units 'fractions' every coordinate must lie in [0, 1].")
+    return Boxes(tuple(labels), tuple(corners), fractions)
+
+
+class Detector(torch.nn.Module):
+    """A torchvision Faster R-CNN whose `location_loss` is the reference's training loss."""
+
+    def __init__(self, network: detection.FasterRCNN):
+        super().__init__()
+        self.network = network
+
+    def location_loss(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """ℓ for one image (3, H, W) in [0, 1], with target boxes (N, 4) in its pixels and labels (N,)."""
+        was_training = self.network.training
+        self.network.train()
+        for module in self.network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        try:
+            losses = self.network([image], [{"boxes": boxes, "labels": labels}])
+        finally:
+            self.network.train(was_training)
+        return sum(losses[name] for name in LOSS_TERMS)
+
+
+def build_detector(state_dict: dict | None = None) -> Detector:
+    """torchvision `fasterrcnn_resnet50_fpn_v2` for the 91 COCO labels, with `state_dict` loaded if given."""
+    network = detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=len(COCO_CATEGORIES), box_score_thresh=0.9)
+    if state_dict is not None:
+        try:
+            network.load_state_dict(state_dict, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"The weights do not fit fasterrcnn_resnet50_fpn_v2: use {WEIGHTS.url.rsplit('/', 1)[-1]}.") from error
+    return Detector(network).eval().requires_grad_(False)
+
+
+class TinyBackbone(torch.nn.Module):
+    """Two strided convolutions, with a BatchNorm to exercise the frozen-BatchNorm rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def small_random_detector(seed: int = 0, image_size: int = 64) -> Detector:
+    """A Faster R-CNN with a two-layer backbone, random weights and the 91 COCO labels, for stand-ins and tests."""
+    torch.manual_seed(seed)
+    backbone = TinyBackbone()
+    backbone.out_channels = 16
+    anchors = detection.anchor_utils.AnchorGenerator(sizes=((8, 16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
+    network = detection.FasterRCNN(
+        backbone, rpn_anchor_generator=anchors,
+        box_roi_pool=torchvision.ops.MultiScaleRoIAlign(["0"], output_size=4, sampling_ratio=2),
+        box_head=detection.faster_rcnn.TwoMLPHead(16 * 4 * 4, 32),
+        box_predictor=detection.faster_rcnn.FastRCNNPredictor(32, len(COCO_CATEGORIES)),
+        min_size=image_size, max_size=2 * image_size, box_score_thresh=0.9)
+    with torch.no_grad():  # torchvision's small head initialisation would leave a random detector blind to the image
+        for module in network.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.normal_(module.weight, std=module.weight[0].numel() ** -0.5)
+    return Detector(network).eval().requires_grad_(False)
+
+
+class ObjectLocationLoss:
+    """ℓ = the detector's training loss for `boxes`, per sample, with proposal sampling seeded by `seed`."""
+
+    def __init__(self, detector: Detector, boxes: Boxes, seed: int = 0):
+        self.detector, self.boxes, self.seed = detector, boxes, seed
+
+    def check(self, batch: int, height: int, width: int) -> None:
+        if not self.boxes.fractions:
+            corners = self.boxes.in_pixels(height, width)
+            if (corners[:, [0, 2]] > width).any() or (corners[:, [1, 3]] > height).any():
+                raise ValueError(f"A box reaches outside the {width}x{height} image being sampled: give pixel "
+                                 f"coordinates within it, or fractions of the image with units 'fractions'.")
+
+    def bind(self, device: torch.device):
+        detector = self.detector
+        network_device = next(detector.parameters()).device
+        labels = torch.tensor(self.boxes.labels, dtype=torch.int64, device=network_device)
+        calls = [0]
+
+        def loss(image: torch.Tensor) -> torch.Tensor:
+            h, w = image.shape[-2:]
+            boxes = self.boxes.in_pixels(h, w).to(network_device)
+            values = []
+            devices = [network_device] if network_device.type == "cuda" else []
+            for picture in image.to(network_device, torch.float32):
+                calls[0] += 1
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(self.seed * 1_000_003 + calls[0])
+                    values.append(detector.location_loss(picture, boxes, labels))
+            return torch.stack(values).to(image.device)
+
+        return loss

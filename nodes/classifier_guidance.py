@@ -1,0 +1,64 @@
+"""Classifier guidance nodes: any torchvision ImageNet classifier, guided towards one class."""
+from __future__ import annotations
+
+from ..guidance.classifier import ARCHITECTURES, ClassifierLoss, build_classifier, class_index, default_weights
+from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
+from .network_weights import load_state_dict, managed, validate_weights, weights_input
+
+CLASSIFIER_MODEL = "UGD_CLASSIFIER_MODEL"
+
+
+class ClassifierModelLoader:
+    DESCRIPTION = ("Loads a torchvision ImageNet classifier by name, with the file of its default torchvision weights "
+                   "in models/ugd (e.g. resnet50-11ad3fa6.pth), or any state dict of that architecture.")
+    CATEGORY = "universal_guidance/loaders"
+    RETURN_TYPES = (CLASSIFIER_MODEL,)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "architecture": (list(ARCHITECTURES), {"default": "resnet50"}),
+            "weights": weights_input("torchvision's default file for the architecture"),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights):
+        return validate_weights(weights)
+
+    def load(self, architecture, weights):
+        url = default_weights(architecture).url
+        return (managed(build_classifier(architecture, load_state_dict(weights, url.rsplit("/", 1)[-1], url))),)
+
+
+class ClassifierGuidance:
+    DESCRIPTION = ("Guides the image towards an ImageNet class: cross-entropy of the classifier's logits. The class is "
+                   "a name such as 'golden retriever' or an index 0-999. Used with segmentation and inpainting in the "
+                   "paper's segmentation-guided inpainting (§5.1).")
+    CATEGORY = "universal_guidance/guidance"
+    RETURN_TYPES = (GUIDANCE,)
+    FUNCTION = "guide"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "classifier": (CLASSIFIER_MODEL, {"tooltip": "From Classifier Model Loader."}),
+            "target_class": ("STRING", {"default": "golden retriever", "tooltip": "An ImageNet class name or index."}),
+            **settings_inputs(weight=100.0),
+        }}
+
+    def guide(self, classifier, target_class, **settings):
+        model = classifier.model
+        index = class_index(target_class, model.categories)
+        loss = ClassifierLoss(model, index)
+        return guidance_output(f"classifier guidance ({model.categories[index]})", loss, [classifier], **settings)
+
+
+NODE_CLASS_MAPPINGS = {
+    "UGDClassifierModelLoader": ClassifierModelLoader,
+    "UGDClassifierGuidance": ClassifierGuidance,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "UGDClassifierModelLoader": "Classifier Model Loader (torchvision)",
+    "UGDClassifierGuidance": "Classifier Guidance",
+}

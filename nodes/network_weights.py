@@ -1,0 +1,69 @@
+"""What every guidance-network loader shares: picking a weight file, downloading it once, and memory management.
+
+A loader offers the files in models/ugd plus AUTO. AUTO uses the network's usual file name in models/ugd
+and downloads it there on first use, saying where; offline, the error names the file and the folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from .model_folder import MODEL_FOLDER, model_folder_hint
+
+log = logging.getLogger(__name__)
+
+AUTO = "(auto: models/ugd, downloaded if missing)"
+
+
+def weights_input(filename: str) -> tuple:
+    """A ComfyUI combo of AUTO and the files in models/ugd."""
+    return ([AUTO] + folder_paths.get_filename_list(MODEL_FOLDER), {
+        "default": AUTO,
+        "tooltip": f"A weight file in models/ugd. AUTO uses {filename} there and downloads it on first use."})
+
+
+def validate_weights(weights: str) -> bool | str:
+    """VALIDATE_INPUTS for a weights combo: a named file must exist."""
+    if weights != AUTO and weights not in folder_paths.get_filename_list(MODEL_FOLDER):
+        return f"Guidance network weights '{weights}' not found: put the file in {model_folder_hint()}."
+    return True
+
+
+def weights_path(weights: str, filename: str, url: str) -> str:
+    """The path of the chosen file; with AUTO, `filename` in models/ugd, downloaded from `url` if missing."""
+    if weights != AUTO:
+        return folder_paths.get_full_path(MODEL_FOLDER, weights)
+    existing = folder_paths.get_full_path(MODEL_FOLDER, filename)
+    if existing:
+        return existing
+    destination = os.path.join(folder_paths.get_folder_paths(MODEL_FOLDER)[0], filename)
+    log.info("Downloading %s from %s into %s (once).", filename, url, destination)
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, destination, progress=True)
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not download {filename} from {url}: {error}. Without internet, get the file elsewhere and put "
+            f"it in {model_folder_hint()}, keeping its name {filename}."
+        ) from error
+    return destination
+
+
+def load_state_dict(weights: str, filename: str, url: str) -> dict:
+    return comfy.utils.load_torch_file(weights_path(weights, filename, url), safe_load=True)
+
+
+def managed(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """`module` under ComfyUI's memory management, moved to the GPU with the sampler's models."""
+    return comfy.model_patcher.ModelPatcher(
+        module,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )

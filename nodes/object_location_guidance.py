@@ -1,0 +1,65 @@
+"""Object location guidance nodes (paper §4.2, Fig. 4): a Faster R-CNN loader and the guidance."""
+from __future__ import annotations
+
+from ..guidance.object_location import UNITS, WEIGHTS, ObjectLocationLoss, build_detector, parse_boxes
+from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
+from .network_weights import load_state_dict, managed, validate_weights, weights_input
+
+DETECTOR_MODEL = "UGD_DETECTOR_MODEL"
+DETECTOR_FILE = WEIGHTS.url.rsplit("/", 1)[-1]
+EXAMPLE_BOXES = "dog 38 166 218 346\nperson 284 56 484 456"  # the reference's first example, in 512 px
+
+
+class ObjectDetectorLoader:
+    DESCRIPTION = f"Loads torchvision's fasterrcnn_resnet50_fpn_v2 COCO detector ({DETECTOR_FILE} in models/ugd) for object location guidance."
+    CATEGORY = "universal_guidance/loaders"
+    RETURN_TYPES = (DETECTOR_MODEL,)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"weights": weights_input(DETECTOR_FILE)}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights):
+        return validate_weights(weights)
+
+    def load(self, weights):
+        return (managed(build_detector(load_state_dict(weights, DETECTOR_FILE, WEIGHTS.url))),)
+
+
+class ObjectLocationGuidance:
+    DESCRIPTION = ("Guides objects into boxes: Faster R-CNN's training loss (classifier + objectness + RPN box "
+                   "regression) for the given COCO-labelled boxes (paper §4.2). Paper settings: w = 100, recurrence "
+                   "k = 3, a text prompt, cfg 1.5.")
+    CATEGORY = "universal_guidance/guidance"
+    RETURN_TYPES = (GUIDANCE,)
+    FUNCTION = "guide"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "detector": (DETECTOR_MODEL, {"tooltip": "From Object Detector Loader."}),
+            "boxes": ("STRING", {"multiline": True, "default": EXAMPLE_BOXES,
+                                 "tooltip": "One box per line: a COCO class and x0 y0 x1 y1 (left, top, right, bottom)."}),
+            "units": (list(UNITS), {"default": "auto",
+                                    "tooltip": "pixels of the sampled image, or fractions of its width and height. auto: fractions if every number is at most 1."}),
+            "proposal_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                                      "tooltip": "Seeds the detector's random proposal sampling, so that runs reproduce."}),
+            **settings_inputs(weight=100.0),
+        }}
+
+    def guide(self, detector, boxes, units, proposal_seed, **settings):
+        parsed = parse_boxes(boxes, units)
+        loss = ObjectLocationLoss(detector.model, parsed, proposal_seed)
+        return guidance_output(f"object location guidance ({len(parsed.labels)} boxes)", loss, [detector], **settings)
+
+
+NODE_CLASS_MAPPINGS = {
+    "UGDObjectDetectorLoader": ObjectDetectorLoader,
+    "UGDObjectLocationGuidance": ObjectLocationGuidance,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "UGDObjectDetectorLoader": "Object Detector Loader (Faster R-CNN)",
+    "UGDObjectLocationGuidance": "Object Location Guidance",
+}
