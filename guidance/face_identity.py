@@ -20,14 +20,21 @@ FACE_SIZE = 160
 VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 
 
+def _facenet():
+    try:
+        import facenet_pytorch
+    except ImportError as error:
+        raise RuntimeError("Face guidance needs facenet-pytorch: install it with "
+                           "pip install \"facenet-pytorch>=2.5.3,<2.6\" (2.6 would replace your torch).") from error
+    return facenet_pytorch
+
+
 class MTCNNDetector(torch.nn.Module):
     """facenet-pytorch's MTCNN (weights ship with the package), giving the largest face's box per image."""
 
     def __init__(self):
         super().__init__()
-        from facenet_pytorch import MTCNN
-
-        self.mtcnn = MTCNN(select_largest=True)
+        self.mtcnn = _facenet().MTCNN(select_largest=True)
 
     @torch.no_grad()
     def detect(self, pixels: torch.Tensor) -> list[tuple[float, float, float, float] | None]:
@@ -85,9 +92,7 @@ class FaceNetworks(torch.nn.Module):
 
 def build_face_networks(state_dict: dict | None = None) -> FaceNetworks:
     """MTCNN and InceptionResnetV1 in eval mode; `state_dict` holds the InceptionResnetV1 weights (vggface2)."""
-    from facenet_pytorch import InceptionResnetV1
-
-    embedder = InceptionResnetV1(pretrained=None, classify=False)
+    embedder = _facenet().InceptionResnetV1(pretrained=None, classify=False)
     if state_dict is not None:
         # The vggface2 file also holds the training classifier over its 8631 identities, which embedding does not use.
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logits.")}

@@ -33,8 +33,12 @@ def inputs(comfy):
 
 def loss_outside_the_graph(comfy, class_type, files, settings):
     """The guidance loss of the stand-in network (seed 0), built again here from the same inputs."""
-    load = lambda name: torch.from_numpy(np.asarray(Image.open(os.path.join(comfy.folder_paths.get_input_directory(), name)), np.float32) / 255)[None]
-    module = lambda name: comfy.pack_module(f"guidance.{name}")
+    def load(name):
+        return torch.from_numpy(np.asarray(Image.open(os.path.join(comfy.folder_paths.get_input_directory(), name)), np.float32) / 255)[None]
+
+    def module(name):
+        return comfy.pack_module(f"guidance.{name}")
+
     if class_type == "UGDSegmentationGuidance":
         seg = module("segmentation")
         return seg.SegmentationLoss(seg.small_random_segmenter(0), seg.class_map_from_colours(load(files["target_map"])))
