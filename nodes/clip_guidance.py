@@ -6,7 +6,6 @@ import logging
 import os
 
 import open_clip
-
 import torch
 
 import comfy.model_management
