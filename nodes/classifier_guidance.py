@@ -27,8 +27,7 @@ class ClassifierModelLoader:
         return validate_weights(weights)
 
     def load(self, architecture, weights):
-        url = default_weights(architecture).url
-        return (managed(build_classifier(architecture, load_state_dict(weights, url.rsplit("/", 1)[-1], url))),)
+        return (managed(build_classifier(architecture, load_state_dict(weights, default_weights(architecture).url))),)
 
 
 class ClassifierGuidance:

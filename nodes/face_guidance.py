@@ -5,10 +5,10 @@ import comfy.model_management
 
 from ..guidance.face_identity import VGGFACE2_URL, FaceIdentityLoss, build_face_networks, reference_embeddings
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, managed, validate_weights, weights_input
+from .network_weights import file_name, load_state_dict, managed, validate_weights, weights_input
 
 FACE_MODEL = "UGD_FACE_MODEL"
-VGGFACE2_FILE = VGGFACE2_URL.rsplit("/", 1)[-1]
+VGGFACE2_FILE = file_name(VGGFACE2_URL)
 
 
 class FaceModelLoader:
@@ -27,7 +27,7 @@ class FaceModelLoader:
         return validate_weights(weights)
 
     def load(self, weights):
-        return (managed(build_face_networks(load_state_dict(weights, VGGFACE2_FILE, VGGFACE2_URL))),)
+        return (managed(build_face_networks(load_state_dict(weights, VGGFACE2_URL))),)
 
 
 class FaceIdentityGuidance:

@@ -36,8 +36,14 @@ def validate_weights(weights: str) -> bool | str:
     return True
 
 
-def weights_path(weights: str, filename: str, url: str) -> str:
-    """The path of the chosen file; with AUTO, `filename` in models/ugd, downloaded from `url` if missing."""
+def file_name(url: str) -> str:
+    """The usual file name of weights downloaded from `url`: the URL's last part."""
+    return url.rsplit("/", 1)[-1]
+
+
+def weights_path(weights: str, url: str) -> str:
+    """The path of the chosen file; with AUTO, the URL's file name in models/ugd, downloaded from `url` if missing."""
+    filename = file_name(url)
     if weights != AUTO:
         return folder_paths.get_full_path(MODEL_FOLDER, weights)
     existing = folder_paths.get_full_path(MODEL_FOLDER, filename)
@@ -56,8 +62,8 @@ def weights_path(weights: str, filename: str, url: str) -> str:
     return destination
 
 
-def load_state_dict(weights: str, filename: str, url: str) -> dict:
-    return comfy.utils.load_torch_file(weights_path(weights, filename, url), safe_load=True)
+def load_state_dict(weights: str, url: str) -> dict:
+    return comfy.utils.load_torch_file(weights_path(weights, url), safe_load=True)
 
 
 def managed(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from ..guidance.object_location import UNITS, WEIGHTS, ObjectLocationLoss, build_detector, parse_boxes
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, managed, validate_weights, weights_input
+from .network_weights import file_name, load_state_dict, managed, validate_weights, weights_input
 
 DETECTOR_MODEL = "UGD_DETECTOR_MODEL"
-DETECTOR_FILE = WEIGHTS.url.rsplit("/", 1)[-1]
+DETECTOR_FILE = file_name(WEIGHTS.url)
 EXAMPLE_BOXES = "dog 38 166 218 346\nperson 284 56 484 456"  # the reference's first example, in 512 px
 
 
@@ -25,7 +25,7 @@ class ObjectDetectorLoader:
         return validate_weights(weights)
 
     def load(self, weights):
-        return (managed(build_detector(load_state_dict(weights, DETECTOR_FILE, WEIGHTS.url))),)
+        return (managed(build_detector(load_state_dict(weights, WEIGHTS.url))),)
 
 
 class ObjectLocationGuidance:

@@ -8,11 +8,6 @@ from .network_weights import load_state_dict, managed, validate_weights, weights
 SEGMENTATION_MODEL = "UGD_SEGMENTATION_MODEL"
 
 
-def _file_and_url(architecture):
-    url = ARCHITECTURES[architecture][1].url
-    return url.rsplit("/", 1)[-1], url
-
-
 class SegmentationModelLoader:
     DESCRIPTION = ("Loads a torchvision PASCAL VOC segmenter (21 classes) for segmentation guidance. The paper uses "
                    "lraspp_mobilenet_v3_large (lraspp_mobilenet_v3_large-d234d4ea.pth in models/ugd).")
@@ -32,7 +27,7 @@ class SegmentationModelLoader:
         return validate_weights(weights)
 
     def load(self, architecture, weights):
-        return (managed(build_segmenter(architecture, load_state_dict(weights, *_file_and_url(architecture)))),)
+        return (managed(build_segmenter(architecture, load_state_dict(weights, ARCHITECTURES[architecture][1].url))),)
 
 
 class SegmentationGuidance:
