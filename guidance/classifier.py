@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 
 from .images import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_short_side
+from .weights import load_strictly
 
 ARCHITECTURES = tuple(torchvision.models.list_models(module=torchvision.models))
 IMAGENET_CATEGORIES = tuple(torchvision.models.get_model_weights("resnet50").DEFAULT.meta["categories"])
@@ -56,10 +57,7 @@ def build_classifier(architecture: str, state_dict: dict | None = None) -> Image
     preprocessing = Preprocessing(transform.resize_size[0], transform.crop_size[0], tuple(transform.mean), tuple(transform.std))
     network = torchvision.models.get_model(architecture, weights=None, num_classes=len(IMAGENET_CATEGORIES))
     if state_dict is not None:
-        try:
-            network.load_state_dict(state_dict, strict=True)
-        except RuntimeError as error:
-            raise ValueError(f"The weights do not fit torchvision's {architecture}: pick the architecture the file was saved from.") from error
+        load_strictly(network, state_dict, f"torchvision's {architecture}", "Pick the architecture the file was saved from.")
     return ImageClassifier(network, preprocessing).eval().requires_grad_(False)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .clip_similarity import encode_image
+from .images import check_batch
 
 FEATURE_LAYERS = 2
 
@@ -54,8 +55,7 @@ class CLIPGramStyleLoss:
         self.model, self.targets = model, style_grams
 
     def check(self, batch: int, height: int, width: int) -> None:
-        if self.targets[0].shape[0] not in (1, batch):
-            raise ValueError(f"{self.targets[0].shape[0]} style images cannot guide {batch} samples: give 1 or {batch}.")
+        check_batch(self.targets[0].shape[0], "style images", batch)
 
     def bind(self, device: torch.device):
         model = self.model

@@ -10,7 +10,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .images import normalize
+from .images import check_batch, normalize
+from .weights import load_strictly
 
 LOGIT_SCALE = 100.0  # OpenAI CLIP's trained exp(logit_scale), which the reference's losses include
 
@@ -22,14 +23,7 @@ def build_clip_model(architecture: str, state_dict: dict | None = None) -> torch
     model = open_clip.create_model(architecture, pretrained=None)
     if state_dict is not None:
         state_dict = state_dict.get("state_dict", state_dict)
-        try:
-            model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as error:
-            first_problem = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
-            raise ValueError(
-                f"The weights do not fit open_clip {architecture!r} ({first_problem}). "
-                f"Pick the architecture the file was saved from."
-            ) from error
+        load_strictly(model, state_dict, f"open_clip {architecture!r}", "Pick the architecture the file was saved from.")
     return model.eval().requires_grad_(False)
 
 
@@ -98,8 +92,7 @@ class CLIPSimilarityLoss:
         self.model, self.target, self.target_name = model, target, target_name
 
     def check(self, batch: int, height: int, width: int) -> None:
-        if self.target.shape[0] not in (1, batch):
-            raise ValueError(f"{self.target.shape[0]} {self.target_name} cannot guide {batch} samples: give 1 or {batch}.")
+        check_batch(self.target.shape[0], self.target_name, batch)
 
     def bind(self, device: torch.device):
         model = self.model

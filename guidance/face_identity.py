@@ -11,7 +11,8 @@ import logging
 
 import torch
 
-from .images import image_to_bchw, resize_short_side
+from .images import check_batch, image_to_bchw, resize_short_side
+from .weights import load_strictly
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,7 @@ def build_face_networks(state_dict: dict | None = None) -> FaceNetworks:
     if state_dict is not None:
         # The vggface2 file also holds the training classifier over its 8631 identities, which embedding does not use.
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logits.")}
-        try:
-            embedder.load_state_dict(state_dict, strict=True)
-        except RuntimeError as error:
-            raise ValueError("The weights do not fit facenet-pytorch's InceptionResnetV1: use 20180402-114759-vggface2.pt.") from error
+        load_strictly(embedder, state_dict, "facenet-pytorch's InceptionResnetV1", "Use 20180402-114759-vggface2.pt.")
     return FaceNetworks(MTCNNDetector(), embedder).eval().requires_grad_(False)
 
 
@@ -141,8 +139,7 @@ class FaceIdentityLoss:
         self.networks, self.target = networks, target
 
     def check(self, batch: int, height: int, width: int) -> None:
-        if self.target.shape[0] not in (1, batch):
-            raise ValueError(f"{self.target.shape[0]} reference faces cannot guide {batch} samples: give 1 or {batch}.")
+        check_batch(self.target.shape[0], "reference faces", batch)
 
     def bind(self, device: torch.device):
         networks = self.networks

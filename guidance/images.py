@@ -7,6 +7,12 @@ import kornia
 ASPECT_TOLERANCE = 0.02
 
 
+def check_batch(count: int, what: str, batch: int) -> None:
+    """Raise ValueError unless `count` guidance targets (`what`) can serve `batch` samples: 1 for all, or one each."""
+    if count not in (1, batch):
+        raise ValueError(f"{count} {what} cannot guide {batch} samples: give 1 or {batch}.")
+
+
 def check_fits(name: str, batch: int, height: int, width: int, target_batch: int, target_height: int, target_width: int) -> None:
     """Raise ValueError unless a (batch, height, width) input can be resized and broadcast to the target."""
     if batch not in (1, target_batch):

@@ -14,6 +14,8 @@ import torch
 import torchvision
 from torchvision.models import detection
 
+from .weights import load_strictly
+
 WEIGHTS = detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1
 COCO_CATEGORIES = tuple(WEIGHTS.meta["categories"])  # index = label; "__background__" and "N/A" are no objects
 UNITS = ("auto", "pixels", "fractions")
@@ -102,10 +104,7 @@ def build_detector(state_dict: dict | None = None) -> Detector:
     """torchvision `fasterrcnn_resnet50_fpn_v2` for the 91 COCO labels, with `state_dict` loaded if given."""
     network = detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=len(COCO_CATEGORIES), box_score_thresh=0.9)
     if state_dict is not None:
-        try:
-            network.load_state_dict(state_dict, strict=True)
-        except RuntimeError as error:
-            raise ValueError(f"The weights do not fit fasterrcnn_resnet50_fpn_v2: use {WEIGHTS.url.rsplit('/', 1)[-1]}.") from error
+        load_strictly(network, state_dict, "fasterrcnn_resnet50_fpn_v2", f"Use {WEIGHTS.url.rsplit('/', 1)[-1]}.")
     return Detector(network).eval().requires_grad_(False)
 
 

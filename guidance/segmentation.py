@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchvision.models import segmentation
 
 from .images import IMAGENET_MEAN, IMAGENET_STD, check_fits, image_to_bchw, mask_to_b1hw, normalize, resize_short_side
+from .weights import load_strictly
 
 ARCHITECTURES = {
     "lraspp_mobilenet_v3_large": (segmentation.lraspp_mobilenet_v3_large, segmentation.LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1),
@@ -54,11 +55,7 @@ def build_segmenter(architecture: str, state_dict: dict | None = None) -> Segmen
     if state_dict is not None:
         # The auxiliary head of DeepLabV3 only serves training.
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_classifier.")}
-        try:
-            network.load_state_dict(state_dict, strict=True)
-        except RuntimeError as error:
-            raise ValueError(f"The weights do not fit {architecture} with {len(VOC_CLASSES)} VOC classes: pick the "
-                             f"architecture the file was saved from.") from error
+        load_strictly(network, state_dict, f"{architecture} with {len(VOC_CLASSES)} VOC classes", "Pick the architecture the file was saved from.")
     return Segmenter(network).eval().requires_grad_(False)
 
 
