@@ -60,10 +60,10 @@ class CLIPGramStyleLoss:
     def bind(self, device: torch.device):
         model = self.model
         targets = [t.to(next(model.parameters()).device, torch.float32).clone() for t in self.targets]
+        norms = [(t**2).sum(dim=(1, 2)).clamp_min(1e-30) for t in targets]  # once per run, not per call
 
         def loss(image: torch.Tensor) -> torch.Tensor:
             grams = style_grams(model, image)
-            return sum(((g - t) ** 2).sum(dim=(1, 2)) / (t**2).sum(dim=(1, 2)).clamp_min(1e-30)
-                       for g, t in zip(grams, targets)).to(image.device)
+            return sum(((g - t) ** 2).sum(dim=(1, 2)) / n for g, t, n in zip(grams, targets, norms)).to(image.device)
 
         return loss
