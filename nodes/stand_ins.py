@@ -12,6 +12,7 @@ import tempfile
 
 import torch
 
+import comfy.ldm.models.autoencoder
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
@@ -93,9 +94,10 @@ def stand_in_model(seed: int):
 
 
 def stand_in_vae(seed: int):
-    vae = comfy.sd.VAE(sd={}, config={"params": VAE_CONFIG})
-    randomize(vae.first_stage_model, seed + 1)
-    return vae
+    # Built from a full state dict, so that ComfyUI does not log every key as missing.
+    autoencoder = comfy.ldm.models.autoencoder.AutoencoderKL(**VAE_CONFIG)
+    randomize(autoencoder, seed + 1)
+    return comfy.sd.VAE(sd=autoencoder.state_dict(), config={"params": VAE_CONFIG})
 
 
 def stand_in_clip(seed: int):

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 # The engine and guidance packages import as top-level packages here, with no ComfyUI involved.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,4 +17,4 @@ def comfy():
     path = os.environ.get("COMFYUI_PATH")
     if not path:
         pytest.fail("Set COMFYUI_PATH to a ComfyUI checkout to run the integration tests (tools/test does).")
-    return ComfyHost(path)
+    return ComfyHost(path, input_dir=tempfile.mkdtemp(prefix="ugd_input_"))

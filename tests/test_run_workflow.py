@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.api.json")))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from run_workflow import with_stand_ins  # noqa: E402
+from run_workflow import provide_inputs, with_stand_ins  # noqa: E402
 
 
 def run_tool(*args):
@@ -41,6 +41,7 @@ def test_shipped_workflow_uses_only_known_nodes_and_validates(comfy, workflow):
         prompt = json.load(f)
     unknown = {n["class_type"] for n in prompt.values()} - set(comfy.nodes.NODE_CLASS_MAPPINGS)
     assert not unknown
+    assert provide_inputs(prompt, workflow, comfy.folder_paths) == []
     ok, error, _, node_errors = comfy.validate(with_stand_ins(prompt))
     assert ok, (error, node_errors)
 
@@ -58,3 +59,33 @@ def test_main_job_with_stand_ins_writes_images_and_says_they_are_stand_ins(tmp_p
     assert "NOT meaningful" in result.stdout
     written = glob.glob(str(tmp_path / "*.png"))
     assert len(written) == 1 and f"wrote {written[0]}" in result.stdout
+
+
+def test_main_job_runs_a_ui_workflow_copying_its_example_inputs_with_progress(tmp_path):
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    workflow = os.path.join(ROOT, "workflows", "sd15_face_guidance.json")
+    result = run_tool(workflow, "--output", str(tmp_path / "out"), "--input-dir", str(inputs), "--stand-ins", "if-missing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (inputs / "ugd_face_reference_astronaut.png").is_file()
+    assert f"copied the example input ugd_face_reference_astronaut.png into {inputs}" in result.stdout
+    assert "] Universal Guided KSampler (k = 2)" in result.stdout and "] stand-in for Load Checkpoint" in result.stdout
+    assert len(glob.glob(str(tmp_path / "out" / "ugd_face_*.png"))) == 1
+
+
+def test_main_job_names_a_missing_input_image(tmp_path):
+    workflow = json.loads(open(os.path.join(ROOT, "workflows", "sd15_style_guidance.api.json")).read())
+    next(n for n in workflow.values() if n["class_type"] == "LoadImage")["inputs"]["image"] = "my_style.png"
+    path = tmp_path / "style.api.json"
+    path.write_text(json.dumps(workflow))
+    result = run_tool(str(path), "--input-dir", str(tmp_path), "--stand-ins", "always")
+    assert result.returncode == 2
+    assert f"needs the image 'my_style.png': put it in {tmp_path}" in result.stderr
+
+
+def test_main_job_names_the_taesd_files_the_fast_variant_needs(tmp_path):
+    result = run_tool(os.path.join(ROOT, "workflows", "sd15_segmentation_guidance_fast.json"),
+                      "--input-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "needs 'taesd_encoder.pth'" in result.stderr and "needs 'taesd_decoder.pth'" in result.stderr
+    assert "vae_approx" in result.stderr

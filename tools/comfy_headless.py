@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import sys
 import tempfile
@@ -24,11 +25,14 @@ class _Server:
     last_node_id = None
     last_prompt_id = None
 
-    def __init__(self):
+    def __init__(self, on_event=None):
         self.sent: list[tuple[str, dict]] = []
+        self.on_event = on_event
 
     def send_sync(self, event, data, sid=None):
         self.sent.append((event, data))
+        if self.on_event is not None:
+            self.on_event(event, data)
 
     def queue_updated(self):
         pass
@@ -48,7 +52,7 @@ def _maybe_await(value):
 class ComfyHost:
     """A ComfyUI loaded in-process: `run(prompt)` validates and executes an API-format prompt."""
 
-    def __init__(self, comfyui_path: str, output_dir: str | None = None):
+    def __init__(self, comfyui_path: str, output_dir: str | None = None, input_dir: str | None = None):
         self.path = os.path.abspath(comfyui_path)
         if not os.path.isfile(os.path.join(self.path, "execution.py")):
             raise FileNotFoundError(f"No ComfyUI at {self.path}: set COMFYUI_PATH to a ComfyUI checkout.")
@@ -74,6 +78,8 @@ class ComfyHost:
         self.output_dir = output_dir or tempfile.mkdtemp(prefix="ugd_output_")
         os.makedirs(self.output_dir, exist_ok=True)
         folder_paths.set_output_directory(self.output_dir)
+        if input_dir:
+            folder_paths.set_input_directory(input_dir)
         import execution
         import nodes
 
@@ -94,20 +100,35 @@ class ComfyHost:
                 return module
         raise KeyError(suffix)
 
+    def object_info(self) -> dict:
+        """Node definitions in the shape of the server's /object_info (the parts the workflow tools read)."""
+        info = {}
+        for name, node_class in self.nodes.NODE_CLASS_MAPPINGS.items():
+            outputs = list(node_class.RETURN_TYPES)
+            info[name] = {
+                "input": node_class.INPUT_TYPES(),
+                "output": outputs,
+                "output_name": list(getattr(node_class, "RETURN_NAMES", None) or outputs),
+                "display_name": self.nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+            }
+        return json.loads(json.dumps(info, default=str))  # tuples become lists, as over HTTP
+
     def validate(self, prompt: dict, prompt_id: str = "validation") -> tuple:
         """ComfyUI's own prompt validation: (ok, error, output node ids, node errors)."""
         if self.new_api:
             return _maybe_await(self.execution.validate_prompt(prompt_id, prompt, None))[:4]
         return self.execution.validate_prompt(prompt)[:4]
 
-    def run(self, prompt: dict) -> Result:
+    def run(self, prompt: dict, on_event=None) -> Result:
+        """Validate and execute; on_event(event, data) sees the executor's messages ("executing", …)."""
         prompt_id = str(uuid.uuid4())
         ok, error, outputs, node_errors = self.validate(prompt, prompt_id)
         if not ok:
             return Result(False, {}, [{"validation": error, "node_errors": node_errors}])
-        server = _Server()
+        server = _Server(on_event)
         executor = self.execution.PromptExecutor(server)
-        executor.execute(prompt, prompt_id, {}, outputs)
+        # The executor sends its progress messages only to a client.
+        executor.execute(prompt, prompt_id, {"client_id": "headless"}, outputs)
         errors = [data for event, data in executor.status_messages if event in ("execution_error", "execution_interrupted")]
         if hasattr(executor, "history_result"):
             outputs_ui = executor.history_result.get("outputs", {})

@@ -1,20 +1,25 @@
-"""Run a shipped API-format workflow headless through ComfyUI and write its images to a folder.
+"""Run a workflow headless through ComfyUI and write its images to a folder.
 
-    python tools/run_workflow.py workflows/sd15_clip_text_guidance.api.json --output output \
-        [--comfyui PATH] [--stand-ins never|if-missing|always]
+    python tools/run_workflow.py workflows/sd15_segmentation_guidance.json --output output \
+        [--comfyui PATH] [--input-dir DIR] [--stand-ins never|if-missing|always]
 
+The workflow may be in the UI format (as saved by the frontend) or the API format ("Export (API)").
 Model files come from the ComfyUI's models folders. When one is missing the run stops and names it,
 unless --stand-ins allows small random-weight stand-in models, built on the spot (and said so loudly).
+Example inputs that a workflow loads (workflows/inputs/) are copied into ComfyUI's input folder when
+they are not there yet.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from comfy_headless import ComfyHost  # noqa: E402
+from workflow_format import ui_to_api  # noqa: E402
 
 # loader class -> (model folder, file input, stand-in class, {loader output: stand-in output})
 LOADERS = {
@@ -26,9 +31,19 @@ LOADERS = {
     "UGDObjectDetectorLoader": ("ugd", "weights", "UGDStandInObjectDetector", {0: 0}),
     "UGDClassifierModelLoader": ("ugd", "weights", "UGDStandInClassifier", {0: 0}),
 }
+IMAGE_LOADERS = {"LoadImage": "image", "LoadImageMask": "image"}
+# Inputs that name files, which need not exist on the machine that checks a workflow.
+FILE_INPUTS = {cls: {key} for cls, (_, key, _, _) in LOADERS.items()} | {k: {v} for k, v in IMAGE_LOADERS.items()}
 # Loader choices that fetch their files themselves.
-DOWNLOADED = {"(download pretrained_tag)", "(auto: models/ugd, downloaded if missing)", "taesd", "taesdxl"}
+DOWNLOADED = {"(download pretrained_tag)", "(auto: models/ugd, downloaded if missing)"}
+# VAELoader's built-in approximate decoders and the files in models/vae_approx they need.
+VAE_APPROX = {name: (f"{name}_encoder", f"{name}_decoder") for name in ("taesd", "taesdxl")}
 STAND_IN_SIZE, STAND_IN_MAX_STEPS = 64, 10
+
+
+def _vae_approx_missing(name: str, folder_paths) -> list[str]:
+    present = {os.path.splitext(f)[0] for f in folder_paths.get_filename_list("vae_approx")}
+    return [f"{stem}.pth" for stem in VAE_APPROX[name] if stem not in present]
 
 
 def missing_files(prompt: dict, folder_paths) -> list[str]:
@@ -38,9 +53,36 @@ def missing_files(prompt: dict, folder_paths) -> list[str]:
             continue
         folder, key, _, _ = LOADERS[node["class_type"]]
         name = node["inputs"][key]
-        if name not in DOWNLOADED and name not in folder_paths.get_filename_list(folder):
+        if node["class_type"] == "VAELoader" and name in VAE_APPROX:
+            folder, missing = "vae_approx", _vae_approx_missing(name, folder_paths)
+        else:
+            missing = [] if name in DOWNLOADED or name in folder_paths.get_filename_list(folder) else [name]
+        for file_name in missing:
             where = " or ".join(folder_paths.get_folder_paths(folder))
-            problems.append(f"node {node_id} ({node['class_type']}) needs '{name}': put it in {where}")
+            problems.append(f"node {node_id} ({node['class_type']}) needs '{file_name}': put it in {where}")
+    return problems
+
+
+def provide_inputs(prompt: dict, workflow_path: str, folder_paths) -> list[str]:
+    """Copy the images the prompt loads from <workflow folder>/inputs into ComfyUI's input folder where missing.
+
+    Returns the problems: images found in neither place.
+    """
+    input_dir = folder_paths.get_input_directory()
+    shipped = os.path.join(os.path.dirname(os.path.abspath(workflow_path)), "inputs")
+    problems = []
+    for node_id, node in prompt.items():
+        key = IMAGE_LOADERS.get(node["class_type"])
+        if key is None:
+            continue
+        name = node["inputs"][key]
+        if os.path.isfile(os.path.join(input_dir, name)):
+            continue
+        if os.path.isfile(os.path.join(shipped, name)):
+            shutil.copy(os.path.join(shipped, name), os.path.join(input_dir, name))
+            print(f"copied the example input {name} into {input_dir}")
+        else:
+            problems.append(f"node {node_id} ({node['class_type']}) needs the image '{name}': put it in {input_dir}")
     return problems
 
 
@@ -51,7 +93,8 @@ def with_stand_ins(prompt: dict) -> dict:
     for node_id, node in prompt.items():
         if node["class_type"] in LOADERS:
             _, _, stand_in, outputs = LOADERS[node["class_type"]]
-            prompt[node_id] = {"class_type": stand_in, "inputs": {"seed": 0}}
+            title = node.get("_meta", {}).get("title", node["class_type"])
+            prompt[node_id] = {"class_type": stand_in, "inputs": {"seed": 0}, "_meta": {"title": f"stand-in for {title}"}}
             remap.update({(node_id, old): new for old, new in outputs.items()})
     for node in prompt.values():
         inputs = node["inputs"]
@@ -65,22 +108,43 @@ def with_stand_ins(prompt: dict) -> dict:
     return prompt
 
 
+class NodeProgress:
+    """Prints a line as each node starts, e.g. `[3/9] Universal Guided KSampler (k = 10)`; samplers add a step bar."""
+
+    def __init__(self, prompt: dict):
+        self.titles = {node_id: node.get("_meta", {}).get("title", node["class_type"]) for node_id, node in prompt.items()}
+        self.done = 0
+
+    def __call__(self, event: str, data: dict):
+        if event == "execution_cached":
+            for node_id in data.get("nodes", []):
+                self.done += 1
+                print(f"[{self.done}/{len(self.titles)}] {self.titles.get(node_id, node_id)} (cached)", flush=True)
+        elif event == "executing" and data.get("node") is not None:
+            self.done += 1
+            print(f"[{self.done}/{len(self.titles)}] {self.titles.get(data['node'], data['node'])}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workflow", help="an API-format workflow JSON (ComfyUI's 'Export (API)')")
+    parser.add_argument("workflow", help="a workflow JSON, UI format or API format")
     parser.add_argument("--output", default="output", help="folder for the images (default: output)")
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI folder (default: $COMFYUI_PATH)")
+    parser.add_argument("--input-dir", help="ComfyUI's input folder for this run (default: the ComfyUI's own)")
     parser.add_argument("--stand-ins", choices=["never", "if-missing", "always"], default="never",
                         help="use random-weight stand-in models: never (default), if a model file is missing, or always")
     args = parser.parse_args(argv)
     if not args.comfyui:
         parser.error("no ComfyUI: pass --comfyui or set COMFYUI_PATH")
     with open(args.workflow) as f:
-        prompt = json.load(f)
-    if "nodes" in prompt and "links" in prompt:
-        parser.error(f"{args.workflow} is in the UI format; export it with 'Export (API)' and run that file")
+        workflow = json.load(f)
 
-    host = ComfyHost(args.comfyui, os.path.abspath(args.output))
+    host = ComfyHost(args.comfyui, os.path.abspath(args.output), args.input_dir and os.path.abspath(args.input_dir))
+    prompt = ui_to_api(workflow, host.object_info()) if "nodes" in workflow and "links" in workflow else workflow
+    input_problems = provide_inputs(prompt, args.workflow, host.folder_paths)
+    if input_problems:
+        print("Cannot run the workflow; input images are missing:\n  " + "\n  ".join(input_problems), file=sys.stderr)
+        return 2
     problems = missing_files(prompt, host.folder_paths)
     if args.stand_ins == "always" or (problems and args.stand_ins == "if-missing"):
         for problem in problems:
@@ -95,7 +159,7 @@ def main(argv=None) -> int:
         print("Or run with --stand-ins if-missing to try the workflow with random-weight stand-in models.", file=sys.stderr)
         return 2
 
-    result = host.run(prompt)
+    result = host.run(prompt, on_event=NodeProgress(prompt))
     if not result.success:
         for error in result.errors:
             message = error.get("exception_message") or json.dumps(error, default=str)

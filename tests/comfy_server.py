@@ -1,0 +1,100 @@
+"""A real ComfyUI server on 127.0.0.1 with this pack installed, for the frontend and /prompt tests."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_MODULE = "comfyui_universal_guidance"
+WORKFLOW_INPUTS = os.path.join(PACK_DIR, "workflows", "inputs")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """`python main.py --listen 127.0.0.1` in a scratch folder: its own custom_nodes (this pack), input
+    folder (the workflows' example inputs), output folder and log."""
+
+    def __init__(self, comfyui_path: str, timeout: float = 300):
+        self.root = tempfile.mkdtemp(prefix="ugd_server_")
+        custom_nodes = os.path.join(self.root, "custom_nodes")
+        os.makedirs(custom_nodes)
+        os.symlink(PACK_DIR, os.path.join(custom_nodes, PACK_MODULE))
+        self.input_dir = os.path.join(self.root, "input")
+        shutil.copytree(WORKFLOW_INPUTS, self.input_dir)
+        self.output_dir = os.path.join(self.root, "output")
+        config = os.path.join(self.root, "extra_model_paths.yaml")
+        with open(config, "w") as f:
+            f.write(f"ugd_tests:\n  base_path: {self.root}\n  custom_nodes: custom_nodes\n")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                   "--extra-model-paths-config", config, "--input-directory", self.input_dir,
+                   "--output-directory", self.output_dir]
+        if os.path.isdir(os.path.join(comfyui_path, "comfy_api_nodes")):
+            command.append("--disable-api-nodes")
+        self.log_path = os.path.join(self.root, "server.log")
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(command, cwd=comfyui_path, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.get("/object_info/UniversalGuidedKSampler")
+                return
+            except (urllib.error.URLError, ConnectionError, KeyError):
+                if self.process.poll() is not None or time.time() > deadline:
+                    self.close()
+                    raise RuntimeError(f"ComfyUI server did not start; its log:\n{self.log()}")
+                time.sleep(1)
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        """POST the prompt to /prompt and wait for its /history entry."""
+        status, answer = self.post("/prompt", {"prompt": prompt, "client_id": "ugd-tests"})
+        if status != 200:
+            raise AssertionError(f"/prompt refused the prompt ({status}): {json.dumps(answer)[:3000]}")
+        prompt_id = answer["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")  # an entry appears once the prompt has run
+            if prompt_id in history:
+                return history[prompt_id]
+            time.sleep(1)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()

@@ -1,0 +1,175 @@
+"""The shipped workflows against the node definitions of the ComfyUI in this process (no server, no browser)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOWS_DIR = os.path.join(ROOT, "workflows")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from build_workflows import build_all, dumps  # noqa: E402
+from run_workflow import FILE_INPUTS, IMAGE_LOADERS  # noqa: E402
+from workflow_format import check_ui, ui_to_api, widget_inputs  # noqa: E402
+
+UI_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json") and not f.endswith(".api.json"))
+
+# What the issue asks of each workflow: {file: {node type: {input: value}}}; the sampler's cfg and recurrence too.
+PAPER_SETTINGS = {
+    "sd15_clip_text_guidance.json": {"UGDCLIPTextGuidance": {"weight": 10, "schedule": "paper", "backward_steps": 0},
+                                     "UniversalGuidedKSampler": {"recurrence": 8, "cfg": 1}},
+    "sd15_segmentation_guidance.json": {"UGDSegmentationGuidance": {"weight": 400, "schedule": "paper"},
+                                        "UniversalGuidedKSampler": {"recurrence": 10}},
+    "sd15_face_guidance.json": {"UGDFaceIdentityGuidance": {"weight": 20000, "schedule": "paper"},
+                                "UniversalGuidedKSampler": {"recurrence": 2}},
+    "sd15_object_location_guidance.json": {"UGDObjectLocationGuidance": {"weight": 100, "schedule": "paper"},
+                                           "UniversalGuidedKSampler": {"recurrence": 3}},
+    "sd15_style_guidance.json": {"UGDCLIPImageGuidance": {"weight": 6, "schedule": "paper"},
+                                 "UniversalGuidedKSampler": {"recurrence": 6, "cfg": 3}},
+    "sd15_unconditional_clip_guidance.json": {"UGDCLIPTextGuidance": {"backward_steps": 0},
+                                              "UniversalGuidedKSampler": {"cfg": 1}},
+    "sd15_unconditional_object_location_forward_vs_backward.json": {
+        "UGDObjectLocationGuidance": {"weight": 100}, "UniversalGuidedKSampler": {"recurrence": 3, "cfg": 1}},
+    "sd15_unconditional_segmentation_inpainting.json": {
+        "UGDImageReconstructionGuidance": {"weight": 0}, "UGDSegmentationGuidance": {"weight": 200},
+        "UniversalGuidedKSampler": {"cfg": 1}},
+    "sd15_segmentation_guidance_fast.json": {"UGDSegmentationGuidance": {"weight": 400},
+                                             "UniversalGuidedKSampler": {"recurrence": 10}},
+}
+
+
+def load(name):
+    with open(os.path.join(WORKFLOWS_DIR, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def prompt_of(name):
+    return load(name.replace(".json", ".api.json"))
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy):
+    return comfy.object_info()
+
+
+def test_every_experiment_of_the_issue_ships():
+    assert set(UI_FILES) == set(PAPER_SETTINGS)
+
+
+def test_committed_workflows_are_what_the_build_script_writes(object_info):
+    built = build_all(object_info)
+    assert sorted(built) == sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
+    for name, document in built.items():
+        with open(os.path.join(WORKFLOWS_DIR, name), encoding="utf-8") as f:
+            assert f.read() == dumps(document), f"{name} is stale: run tools/build-workflows"
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_workflow_is_consistent_with_the_node_definitions(object_info, name):
+    assert check_ui(load(name), object_info, FILE_INPUTS) == []
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_api_twin_is_the_ui_workflow_converted(object_info, name):
+    assert ui_to_api(load(name), object_info) == prompt_of(name)
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_workflow_has_the_paper_settings(name):
+    prompt = prompt_of(name)
+    for node_type, expected in PAPER_SETTINGS[name].items():
+        nodes = [n["inputs"] for n in prompt.values() if n["class_type"] == node_type]
+        assert nodes, f"{name} has no {node_type}"
+        for inputs in nodes:
+            assert {k: inputs[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_note_names_the_experiment_every_file_and_the_settings(name):
+    workflow = load(name)
+    notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1
+    note = notes[0]
+    assert re.search(r"paper §\d\.\d, Fig\. \d+", note), "the experiment and its figure"
+    assert "MODEL FILES" in note and "SETTINGS THAT MATTER" in note
+    for node in prompt_of(name).values():
+        inputs = node["inputs"]
+        for key in FILE_INPUTS.get(node["class_type"], ()):
+            if not inputs[key].startswith("("):  # "(auto …)" entries: the note names the file they fetch
+                assert inputs[key] in note, f"the note does not name {inputs[key]}"
+    for node_type, expected in PAPER_SETTINGS[name].items():
+        if "weight" in expected and expected["weight"]:
+            assert f"weight {expected['weight']}" in note
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_example_inputs_ship_beside_the_workflows(name):
+    for node in prompt_of(name).values():
+        if node["class_type"] in IMAGE_LOADERS:
+            assert os.path.isfile(os.path.join(WORKFLOWS_DIR, "inputs", node["inputs"]["image"]))
+
+
+def test_shipped_box_list_is_the_one_in_the_workflows():
+    with open(os.path.join(WORKFLOWS_DIR, "inputs", "ugd_boxes_dog_person.txt")) as f:
+        boxes = f.read().strip()
+    for name in UI_FILES:
+        for node in prompt_of(name).values():
+            if node["class_type"] == "UGDObjectLocationGuidance":
+                assert node["inputs"]["boxes"] == boxes
+
+
+def test_forward_vs_backward_workflow_differs_only_in_backward_steps():
+    prompt = prompt_of("sd15_unconditional_object_location_forward_vs_backward.json")
+    forward, both = [n["inputs"] for n in prompt.values() if n["class_type"] == "UGDObjectLocationGuidance"]
+    assert forward["backward_steps"] == 0 and both["backward_steps"] >= 1
+    assert {k: v for k, v in forward.items() if k != "backward_steps"} == {k: v for k, v in both.items() if k != "backward_steps"}
+    samplers = [n["inputs"] for n in prompt.values() if n["class_type"] == "UniversalGuidedKSampler"]
+    assert len(samplers) == 2 and samplers[0]["seed"] == samplers[1]["seed"]
+
+
+def test_fast_variant_decodes_guidance_with_taesd_in_fewer_steps():
+    slow, fast = prompt_of("sd15_segmentation_guidance.json"), prompt_of("sd15_segmentation_guidance_fast.json")
+    sampler = lambda p: next(n["inputs"] for n in p.values() if n["class_type"] == "UniversalGuidedKSampler")  # noqa: E731
+    assert sampler(fast)["steps"] < sampler(slow)["steps"]
+    decoder = fast[sampler(fast)["guidance_vae"][0]]
+    assert decoder["class_type"] == "VAELoader" and decoder["inputs"]["vae_name"] == "taesd"
+    assert "guidance_vae" not in sampler(slow)
+
+
+def test_the_checks_catch_broken_workflows(object_info):
+    workflow = load("sd15_segmentation_guidance.json")
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "UniversalGuidedKSampler")
+
+    short = copy.deepcopy(workflow)
+    next(n for n in short["nodes"] if n["id"] == sampler["id"])["widgets_values"].pop()
+    assert any("widget values" in p for p in check_ui(short, object_info, FILE_INPUTS))
+
+    swapped = copy.deepcopy(workflow)  # a sampler name where the scheduler goes
+    values = next(n for n in swapped["nodes"] if n["id"] == sampler["id"])["widgets_values"]
+    values[4], values[5] = values[5], values[4]
+    assert any("not one of the choices" in p for p in check_ui(swapped, object_info, FILE_INPUTS))
+
+    unknown = copy.deepcopy(workflow)
+    unknown["nodes"][1]["type"] = "UGDNoSuchNode"
+    assert any("no such node type" in p for p in check_ui(unknown, object_info, FILE_INPUTS))
+
+    mistyped = copy.deepcopy(workflow)
+    mistyped["links"][0][5] = "IMAGE"
+    assert any("joins" in p for p in check_ui(mistyped, object_info, FILE_INPUTS))
+
+    unlinked = copy.deepcopy(workflow)
+    next(n for n in unlinked["nodes"] if n["id"] == sampler["id"])["inputs"][0]["link"] = None
+    assert any("not connected" in p for p in check_ui(unlinked, object_info, FILE_INPUTS))
+
+
+def test_widget_values_line_up_with_the_sampler_inputs(object_info):
+    workflow = load("sd15_face_guidance.json")
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "UniversalGuidedKSampler")
+    values = widget_inputs(sampler, object_info["UniversalGuidedKSampler"])
+    assert values == {"seed": 42, "steps": 500, "cfg": 7.5, "sampler": "ddim", "scheduler": "ddim_uniform",
+                      "denoise": 1.0, "recurrence": 2}
+    assert sampler["widgets_values"][1] == "fixed", "a shared workflow must not re-randomise its seed"

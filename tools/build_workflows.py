@@ -1,0 +1,409 @@
+"""Write the shipped workflows: workflows/<name>.json (UI format) and workflows/<name>.api.json (its API twin).
+
+    bash tools/build-workflows
+
+The graphs are written here once, as code, so that their widget order, links, layout and notes come
+from the node definitions of a real ComfyUI; a test checks that the committed files match this script.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workflow_format import CONTROL, UPLOAD, combo_choices, declared_inputs, socket_inputs, ui_to_api, widget_slots  # noqa: E402
+
+WORKFLOWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
+SD15 = "v1-5-pruned-emaonly.safetensors"
+AUTO = "(auto: models/ugd, downloaded if missing)"
+SEED = 42  # the reference scripts' seed
+EXAMPLE_BOXES = "dog 0.07 0.32 0.43 0.68\nperson 0.55 0.11 0.95 0.89"
+COLUMN_WIDTH, NODE_WIDTH, NOTE_WIDTH = 380, 330, 460
+
+
+@dataclass(frozen=True)
+class Output:
+    node: "Node"
+    slot: int
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    type: str
+    title: str | None
+    values: dict
+    links: dict  # input name -> Output
+    column: int = 0
+
+    def __getitem__(self, slot: int) -> Output:
+        return Output(self, slot)
+
+
+@dataclass
+class Workflow:
+    """A graph under construction: `add` nodes, then `ui(object_info)` lays it out in the UI format."""
+
+    name: str
+    note: str
+    nodes: list[Node] = field(default_factory=list)
+    groups: list[tuple[str, list[Node]]] = field(default_factory=list)
+
+    def add(self, node_type: str, title: str | None = None, **inputs) -> Node:
+        links = {k: v for k, v in inputs.items() if isinstance(v, Output)}
+        values = {k: v for k, v in inputs.items() if not isinstance(v, Output)}
+        column = 1 + max((link.node.column for link in links.values()), default=-1)
+        node = Node(len(self.nodes) + 2, node_type, title, values, links, column)  # id 1 is the note
+        self.nodes.append(node)
+        return node
+
+    def group(self, title: str, *members: Node):
+        self.groups.append((title, list(members)))
+
+    def ui(self, object_info: dict) -> dict:
+        ui_nodes, ui_links, heights = [], [], {}
+        links_from = {}
+        for node in self.nodes:
+            for name, output in node.links.items():
+                links_from.setdefault((output.node.id, output.slot), []).append((node, name))
+        column_y = {}
+        for order, node in enumerate(self.nodes):
+            definition = object_info[node.type]
+            values = _widget_values(node, definition)
+            sockets = socket_inputs(definition)
+            inputs = []
+            for name, kind in sockets:
+                link = None
+                if name in node.links:
+                    output = node.links[name]
+                    link = len(ui_links) + 1
+                    ui_links.append([link, output.node.id, output.slot, node.id, len(inputs),
+                                     object_info[output.node.type]["output"][output.slot]])
+                inputs.append({"name": name, "type": kind, "link": link})
+            unknown = set(node.links) - {name for name, _ in sockets}
+            if unknown:
+                raise ValueError(f"{self.name}: {node.type} has no sockets {sorted(unknown)}")
+            outputs = [{"name": name, "type": kind, "links": [], "slot_index": slot}
+                       for slot, (name, kind) in enumerate(zip(definition["output_name"], definition["output"]))]
+            height = _height(definition, len(inputs), len(outputs))
+            x = NOTE_WIDTH + 60 + node.column * COLUMN_WIDTH
+            y = column_y.get(node.column, 40)
+            column_y[node.column] = y + height + 60
+            heights[node.id] = (x, y, height)
+            ui_node = {"id": node.id, "type": node.type, "pos": [x, y], "size": [NODE_WIDTH, height], "flags": {},
+                       "order": order + 1, "mode": 0, "inputs": inputs, "outputs": outputs,
+                       "properties": {"Node name for S&R": node.type}, "widgets_values": values}
+            if node.title:
+                ui_node["title"] = node.title
+            ui_nodes.append(ui_node)
+        by_id = {n["id"]: n for n in ui_nodes}
+        for link in ui_links:
+            by_id[link[1]]["outputs"][link[2]]["links"].append(link[0])
+        for ui_node in ui_nodes:
+            for output in ui_node["outputs"]:
+                output["links"] = output["links"] or None
+        note = {"id": 1, "type": "Note", "title": "About this workflow", "pos": [20, 40],
+                "size": [NOTE_WIDTH, 40 + 19 * _wrapped_lines(self.note)], "flags": {}, "order": 0, "mode": 0,
+                "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [self.note],
+                "color": "#432", "bgcolor": "#653"}
+        groups = []
+        for title, members in self.groups:
+            boxes = [heights[m.id] for m in members]
+            left, top = min(b[0] for b in boxes) - 20, min(b[1] for b in boxes) - 50
+            right, bottom = max(b[0] for b in boxes) + NODE_WIDTH + 20, max(b[1] + b[2] for b in boxes) + 20
+            groups.append({"title": title, "bounding": [left, top, right - left, bottom - top],
+                           "color": "#3f789e", "font_size": 24})
+        return {"last_node_id": 1 + len(self.nodes), "last_link_id": len(ui_links), "nodes": [note] + ui_nodes,
+                "links": ui_links, "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}},
+                "version": 0.4}
+
+
+def _widget_values(node: Node, definition: dict) -> list:
+    specs = dict(declared_inputs(definition))
+    unknown = set(node.values) - set(specs)
+    if unknown:
+        raise ValueError(f"{node.type} has no inputs {sorted(unknown)}")
+    values = []
+    for name, pseudo in widget_slots(definition):
+        if pseudo == CONTROL:
+            values.append("fixed")  # a shared workflow reproduces its images
+        elif pseudo == UPLOAD:
+            values.append("image")  # the upload button's value, as the frontend saves it
+        elif name in node.values:
+            values.append(node.values[name])
+        else:
+            spec = specs[name]
+            options = spec[1] if len(spec) > 1 else {}
+            choices = combo_choices(spec)
+            values.append(options.get("default", choices[0] if choices else None))
+    return values
+
+
+def _height(definition: dict, n_inputs: int, n_outputs: int) -> int:
+    multiline = sum(1 for _, spec in declared_inputs(definition)
+                    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline"))
+    return 36 + 22 * max(n_inputs, n_outputs) + 26 * len(widget_slots(definition)) + 70 * multiline
+
+
+def _wrapped_lines(text: str, width: int = 62) -> int:
+    return sum(max(1, -(-len(line) // width)) for line in text.splitlines())
+
+
+def _stable_diffusion(workflow: Workflow, positive: str, negative: str = ""):
+    checkpoint = workflow.add("CheckpointLoaderSimple", ckpt_name=SD15)
+    positive = workflow.add("CLIPTextEncode", "Positive prompt", text=positive, clip=checkpoint[1])
+    negative = workflow.add("CLIPTextEncode", "Negative prompt", text=negative, clip=checkpoint[1])
+    latent = workflow.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    return checkpoint, positive, negative, latent
+
+
+def _sample_and_save(workflow: Workflow, sd, guidance: Output, prefix: str, *, steps: int, cfg: float,
+                     recurrence: int, title: str = "Universal Guided KSampler", guidance_vae: Output | None = None):
+    checkpoint, positive, negative, latent = sd
+    extra = {"guidance_vae": guidance_vae} if guidance_vae else {}
+    sampler = workflow.add("UniversalGuidedKSampler", title, model=checkpoint[0], vae=checkpoint[2],
+                           positive=positive[0], negative=negative[0], latent_image=latent[0], guidance=guidance,
+                           seed=SEED, steps=steps, cfg=cfg, sampler="ddim", scheduler="ddim_uniform", denoise=1.0,
+                           recurrence=recurrence, **extra)
+    decode = workflow.add("VAEDecode", samples=sampler[0], vae=checkpoint[2])
+    save = workflow.add("SaveImage", images=decode[0], filename_prefix=prefix)
+    return sampler, decode, save
+
+
+SD_FILE = (f"- {SD15} in models/checkpoints/ (the paper used SD v1.4, sd-v1-4.ckpt; any SD 1.x checkpoint "
+           "works).")
+CLIP_FILE = ("- CLIP RN50 'openai': downloaded on first run into models/ugd/open_clip/, or pick a "
+             "state-dict file in models/ugd/ in the CLIP loader.")
+SEG_FILE = "- lraspp_mobilenet_v3_large-d234d4ea.pth in models/ugd/ (torchvision; downloaded on first run)."
+DETECTOR_FILE = "- fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth in models/ugd/ (torchvision; downloaded on first run)."
+FACE_FILE = "- 20180402-114759-vggface2.pt in models/ugd/ (facenet-pytorch; downloaded on first run)."
+CLASSIFIER_FILE = "- resnet50-11ad3fa6.pth in models/ugd/ (torchvision; downloaded on first run)."
+TAESD_FILE = "- taesd_decoder.pth and taesd_encoder.pth in models/vae_approx/ (github.com/madebyollin/taesd)."
+
+
+def _note(experiment: str, files: list[str], settings: str) -> str:
+    return f"{experiment}\n\nMODEL FILES\n" + "\n".join(files) + f"\n\nSETTINGS THAT MATTER\n{settings}"
+
+
+def clip_text() -> Workflow:
+    workflow = Workflow("sd15_clip_text_guidance", _note(
+        "CLIP TEXT GUIDANCE on Stable Diffusion used as an unconditional model (paper §4.1, Fig. 3). "
+        "The empty prompt makes SD unconditional; CLIP RN50 steers it towards the text in the CLIP node.",
+        [SD_FILE, CLIP_FILE],
+        "s(t) = 10·√(1−ᾱ): weight 10, schedule paper. Recurrence k = 8. Empty prompt, cfg 1 (no CFG). "
+        "1000 DDIM steps as in the reference code; fewer run faster and guide less. Forward guidance only "
+        "(backward_steps 0)."))
+    sd = _stable_diffusion(workflow, "")
+    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
+                        pretrained_tag="openai")
+    guidance = workflow.add("UGDCLIPTextGuidance", "CLIP Text Guidance (s = 10·√(1−ᾱ))", clip_model=clip[0],
+                            text="Dog scuba-diving", weight=10.0, backward_steps=0)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_clip_text", steps=1000, cfg=1.0, recurrence=8,
+                     title="Universal Guided KSampler (k = 8)")
+    return workflow
+
+
+def _segmentation_guided(name: str, experiment: str, steps: int, taesd: bool) -> Workflow:
+    files = [SD_FILE, SEG_FILE, "- ugd_segmentation_map_dog.png in ComfyUI/input/ (shipped in workflows/inputs/)."]
+    settings = ("s(t) = 400·√(1−ᾱ): weight 400, schedule paper. Recurrence k = 10. cfg 1.5 with the text prompt. "
+                f"{steps} DDIM steps. The map is painted in PASCAL VOC colours (dog = (64, 0, 128), "
+                "background black) and must have the image's aspect ratio.")
+    if taesd:
+        files.append(TAESD_FILE)
+        settings += (" TAESD decodes x0 for the guidance loss (the full VAE still decodes the result): much "
+                     "cheaper per step, with a less exact gradient. Compare with sd15_segmentation_guidance.")
+    workflow = Workflow(name, _note(experiment, files, settings))
+    sd = _stable_diffusion(workflow, "Walker hound, Walker foxhound on snow")
+    segmenter = workflow.add("UGDSegmentationModelLoader", architecture="lraspp_mobilenet_v3_large", weights=AUTO)
+    target = workflow.add("LoadImage", "Segmentation map (VOC colours)", image="ugd_segmentation_map_dog.png")
+    guidance = workflow.add("UGDSegmentationGuidance", "Segmentation Guidance (s = 400·√(1−ᾱ))",
+                            segmentation_model=segmenter[0], target_map=target[0], weight=400.0, backward_steps=0)
+    decoder = workflow.add("VAELoader", "Guidance decoder (TAESD)", vae_name="taesd") if taesd else None
+    _sample_and_save(workflow, sd, guidance[0], workflow.name.replace("sd15", "ugd"), steps=steps, cfg=1.5,
+                     recurrence=10, title="Universal Guided KSampler (k = 10)",
+                     guidance_vae=decoder[0] if decoder else None)
+    return workflow
+
+
+def segmentation() -> Workflow:
+    return _segmentation_guided(
+        "sd15_segmentation_guidance",
+        "SEGMENTATION MAP GUIDANCE with a text prompt (paper §4.1, Fig. 4). MobileNetV3-Large LR-ASPP "
+        "makes the dog take the shape of the map while the prompt sets breed and scene.", 500, taesd=False)
+
+
+def segmentation_fast() -> Workflow:
+    return _segmentation_guided(
+        "sd15_segmentation_guidance_fast",
+        "SEGMENTATION MAP GUIDANCE, FAST VARIANT of sd15_segmentation_guidance (paper §4.1, Fig. 4): "
+        "50 instead of 500 steps, and TAESD instead of the full VAE for the guidance decode. Expect a "
+        "looser fit to the map in a fraction of the time.", 50, taesd=True)
+
+
+def face() -> Workflow:
+    workflow = Workflow("sd15_face_guidance", _note(
+        "FACE IDENTITY GUIDANCE with a text prompt (paper §4.1, Fig. 5). MTCNN finds the face (no gradient) "
+        "and FaceNet (InceptionResnetV1, VGGFace2) pulls its embedding towards the reference face's.",
+        [SD_FILE, FACE_FILE, "- MTCNN ships with facenet-pytorch.",
+         "- ugd_face_reference_astronaut.png in ComfyUI/input/ (shipped in workflows/inputs/; NASA, public domain)."],
+        "s(t) = 20000·√(1−ᾱ): weight 20000, schedule paper. Recurrence k = 2. cfg 7.5 with the text prompt. "
+        "500 DDIM steps as in the reference. The reference must show one clear face."))
+    sd = _stable_diffusion(workflow, "Headshot of a person with blonde hair with space background")
+    faces = workflow.add("UGDFaceModelLoader", weights=AUTO)
+    reference = workflow.add("LoadImage", "Reference face", image="ugd_face_reference_astronaut.png")
+    guidance = workflow.add("UGDFaceIdentityGuidance", "Face Identity Guidance (s = 20000·√(1−ᾱ))",
+                            face_model=faces[0], reference=reference[0], weight=20000.0, backward_steps=0)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_face", steps=500, cfg=7.5, recurrence=2,
+                     title="Universal Guided KSampler (k = 2)")
+    return workflow
+
+
+def object_location() -> Workflow:
+    workflow = Workflow("sd15_object_location_guidance", _note(
+        "OBJECT LOCATION GUIDANCE with a text prompt (paper §4.1, Fig. 6). Faster R-CNN (ResNet-50-FPN v2, "
+        "COCO) puts each named object in its box.",
+        [SD_FILE, DETECTOR_FILE],
+        "s(t) = 100·√(1−ᾱ): weight 100, schedule paper. Recurrence k = 3. cfg 1.5 with the text prompt. "
+        "250 DDIM steps as in the reference. Boxes: one per line, 'label x0 y0 x1 y1', COCO labels, here as "
+        "fractions of the image (also in workflows/inputs/ugd_boxes_dog_person.txt)."))
+    sd = _stable_diffusion(workflow, "a headshot of a woman with a dog")
+    detector = workflow.add("UGDObjectDetectorLoader", weights=AUTO)
+    guidance = workflow.add("UGDObjectLocationGuidance", "Object Location Guidance (s = 100·√(1−ᾱ))",
+                            detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions", weight=100.0,
+                            backward_steps=0)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_object_location", steps=250, cfg=1.5, recurrence=3,
+                     title="Universal Guided KSampler (k = 3)")
+    return workflow
+
+
+def style() -> Workflow:
+    workflow = Workflow("sd15_style_guidance", _note(
+        "STYLE GUIDANCE from a reference image with a text prompt (paper §4.1, Fig. 7). The CLIP RN50 image "
+        "embedding of the sample is pulled towards the style image's; the prompt sets the content.",
+        [SD_FILE, CLIP_FILE,
+         "- ugd_style_swirls.png in ComfyUI/input/ (shipped in workflows/inputs/; drawn by this project)."],
+        "s(t) = 6·√(1−ᾱ): weight 6, schedule paper. Recurrence k = 6. cfg 3 (the paper uses 3 or 4 to balance "
+        "prompt against style). 500 DDIM steps as in the reference."))
+    sd = _stable_diffusion(workflow, "A colorful photo of a eiffel tower")
+    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
+                        pretrained_tag="openai")
+    reference = workflow.add("LoadImage", "Style image", image="ugd_style_swirls.png")
+    guidance = workflow.add("UGDCLIPImageGuidance", "CLIP Image Guidance: style (s = 6·√(1−ᾱ))", clip_model=clip[0],
+                            image=reference[0], weight=6.0, backward_steps=0)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_style", steps=500, cfg=3.0, recurrence=6,
+                     title="Universal Guided KSampler (k = 6)")
+    return workflow
+
+
+UNCONDITIONAL = ("The paper runs this on an unconditional ImageNet diffusion model; until the pack has a loader "
+                 "for one, it runs on Stable Diffusion with an empty prompt and cfg 1.")
+
+
+def unconditional_clip() -> Workflow:
+    workflow = Workflow("sd15_unconditional_clip_guidance", _note(
+        "CLIP GUIDANCE, FORWARD ONLY, of the unconditional-model experiments (paper §4.2, Fig. 8): prompts "
+        f"far from the training data, such as an art style. {UNCONDITIONAL}",
+        [SD_FILE, CLIP_FILE],
+        "Forward guidance only (backward_steps 0). Recurrence k = 10 and 1000 DDIM steps as in the reference's "
+        "ImageNet command. weight 10 (schedule paper), the paper's Stable Diffusion strength for this loss; "
+        "the ImageNet value (2) was tuned for a pixel-space model."))
+    sd = _stable_diffusion(workflow, "")
+    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
+                        pretrained_tag="openai")
+    guidance = workflow.add("UGDCLIPTextGuidance", "CLIP Text Guidance, forward only", clip_model=clip[0],
+                            text="English foxhound by Edward Hopper", weight=10.0, backward_steps=0)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_unconditional_clip", steps=1000, cfg=1.0, recurrence=10,
+                     title="Universal Guided KSampler (k = 10)")
+    return workflow
+
+
+def unconditional_object_location() -> Workflow:
+    workflow = Workflow("sd15_unconditional_object_location_forward_vs_backward", _note(
+        "OBJECT LOCATION: FORWARD ONLY vs FORWARD + BACKWARD, side by side (paper §4.2, Fig. 9). The same "
+        f"seed and boxes, sampled twice. {UNCONDITIONAL}",
+        [SD_FILE, DETECTOR_FILE],
+        "s(t) = 100·√(1−ᾱ) (weight 100, schedule paper) and k = 3 in both. The second adds backward guidance: m = 1 Adam step with lr 1e-3 per "
+        "pass, as in the reference. 1000 DDIM steps. The paper finds forward + backward places the objects, "
+        "where forward only often misses category or place."))
+    sd = _stable_diffusion(workflow, "")
+    detector = workflow.add("UGDObjectDetectorLoader", weights=AUTO)
+    common = dict(detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions", weight=100.0, optimizer="adam",
+                  backward_lr=1e-3)
+    forward = workflow.add("UGDObjectLocationGuidance", "Forward only", backward_steps=0, **common)
+    both = workflow.add("UGDObjectLocationGuidance", "Forward + backward (m = 1)", backward_steps=1, **common)
+    first = _sample_and_save(workflow, sd, forward[0], "ugd_object_location_forward", steps=1000, cfg=1.0,
+                             recurrence=3, title="Sampler: forward only (k = 3)")
+    second = _sample_and_save(workflow, sd, both[0], "ugd_object_location_forward_backward", steps=1000,
+                              cfg=1.0, recurrence=3, title="Sampler: forward + backward (k = 3)")
+    workflow.group("Forward only", forward, *first)
+    workflow.group("Forward + backward", both, *second)
+    return workflow
+
+
+def unconditional_segmentation_inpainting() -> Workflow:
+    workflow = Workflow("sd15_unconditional_segmentation_inpainting", _note(
+        "SEGMENTATION-GUIDED INPAINTING (paper §5.1, Fig. 10): three guidances at once through Combine "
+        "Guidance. Inpainting keeps the photo outside the hole (backward guidance only), a classifier asks "
+        f"for a tabby cat and segmentation for a cat filling the hole. {UNCONDITIONAL}",
+        [SD_FILE, SEG_FILE, CLASSIFIER_FILE,
+         "- ugd_inpainting_chelsea.png and ugd_inpainting_hole.png in ComfyUI/input/ (shipped in "
+         "workflows/inputs/; Chelsea the cat, CC0, from scikit-image)."],
+        "Inpainting: weight 0 (s = 0), backward_steps 1, Adam lr 0.01, as in the reference. Segmentation: "
+        "s(t) = 200·√(1−ᾱ) (weight 200), class cat inside the hole, outside ignored. Classifier (ResNet-50): weight 100 "
+        "through forward guidance; the paper used a noise-aware classifier's own guidance (eq. 4) instead. "
+        "k = 1, 1000 DDIM steps, as in the reference."))
+    sd = _stable_diffusion(workflow, "")
+    photo = workflow.add("LoadImage", "Photo to inpaint", image="ugd_inpainting_chelsea.png")
+    hole = workflow.add("LoadImageMask", "Hole (white = generate)", image="ugd_inpainting_hole.png", channel="red")
+    inpainting = workflow.add("UGDImageReconstructionGuidance", "Inpainting (backward only)", image=photo[0],
+                              mask=hole[0], weight=0.0, backward_steps=1, backward_lr=0.01)
+    classifier = workflow.add("UGDClassifierModelLoader", architecture="resnet50", weights=AUTO)
+    classify = workflow.add("UGDClassifierGuidance", "Classifier Guidance", classifier=classifier[0],
+                            target_class="tabby", weight=100.0, backward_steps=0)
+    segmenter = workflow.add("UGDSegmentationModelLoader", architecture="lraspp_mobilenet_v3_large", weights=AUTO)
+    segment = workflow.add("UGDSegmentationGuidance", "Segmentation Guidance (s = 200·√(1−ᾱ))",
+                           segmentation_model=segmenter[0], mask=hole[0], class_name="cat", outside_mask="ignore",
+                           weight=200.0, backward_steps=0)
+    combined = workflow.add("UGDCombineGuidance", guidance_1=inpainting[0], guidance_2=classify[0],
+                            guidance_3=segment[0])
+    _sample_and_save(workflow, sd, combined[0], "ugd_segmentation_inpainting", steps=1000, cfg=1.0, recurrence=1)
+    return workflow
+
+
+WORKFLOWS = (clip_text, segmentation, face, object_location, style, unconditional_clip,
+             unconditional_object_location, unconditional_segmentation_inpainting, segmentation_fast)
+
+
+def build_all(object_info: dict) -> dict[str, dict]:
+    """{file name under workflows/: JSON} for every shipped workflow and its API twin."""
+    files = {}
+    for make in WORKFLOWS:
+        workflow = make()
+        ui = workflow.ui(object_info)
+        files[f"{workflow.name}.json"] = ui
+        files[f"{workflow.name}.api.json"] = ui_to_api(ui, object_info)
+    return files
+
+
+def dumps(document: dict) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    from comfy_headless import ComfyHost
+
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if not comfyui:
+        print("set COMFYUI_PATH to a ComfyUI folder", file=sys.stderr)
+        return 2
+    for name, document in build_all(ComfyHost(comfyui).object_info()).items():
+        with open(os.path.join(WORKFLOWS_DIR, name), "w", encoding="utf-8") as f:
+            f.write(dumps(document))
+        print("wrote", os.path.join("workflows", name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
