@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from ..guidance.classifier import ARCHITECTURES, ClassifierLoss, build_classifier, class_index, default_weights
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, managed, validate_weights, weights_input
+from .network_weights import load_state_dict, LoaderNode, managed, validate_weights, weights_input
 
 CLASSIFIER_MODEL = "UGD_CLASSIFIER_MODEL"
 
 
-class ClassifierModelLoader:
+class ClassifierModelLoader(LoaderNode):
     DESCRIPTION = ("Loads a torchvision ImageNet classifier by name, with the file of its default torchvision weights "
                    "in models/ugd (e.g. resnet50-11ad3fa6.pth), or any state dict of that architecture.")
     CATEGORY = "universal_guidance/loaders"

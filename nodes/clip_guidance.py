@@ -18,7 +18,7 @@ from ..guidance.clip_similarity import CLIPSimilarityLoss, build_clip_model, enc
 from ..guidance.images import image_to_bchw
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 from .model_folder import MODEL_FOLDER, model_folder_hint
-from .network_weights import managed
+from .network_weights import LoaderNode, managed
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _download(architecture: str, pretrained_tag: str):
     return model.eval().requires_grad_(False)
 
 
-class CLIPGuidanceModelLoader:
+class CLIPGuidanceModelLoader(LoaderNode):
     DESCRIPTION = "Loads an open_clip model for CLIP guidance, from a file in models/ugd or by downloading pretrained weights."
     CATEGORY = "universal_guidance/loaders"
     RETURN_TYPES = (CLIP_GUIDANCE_MODEL,)

@@ -5,13 +5,13 @@ import comfy.model_management
 
 from ..guidance.face_identity import VGGFACE2_URL, FaceIdentityLoss, build_face_networks, reference_embeddings
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import file_name, load_state_dict, managed, validate_weights, weights_input
+from .network_weights import file_name, load_state_dict, LoaderNode, managed, validate_weights, weights_input
 
 FACE_MODEL = "UGD_FACE_MODEL"
 VGGFACE2_FILE = file_name(VGGFACE2_URL)
 
 
-class FaceModelLoader:
+class FaceModelLoader(LoaderNode):
     DESCRIPTION = ("Loads facenet-pytorch's MTCNN face detector (its weights ship with the package) and InceptionResnetV1 "
                    f"face recognition, trained on VGGFace2 ({VGGFACE2_FILE} in models/ugd).")
     CATEGORY = "universal_guidance/loaders"

@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 AUTO = "(auto: models/ugd, downloaded if missing)"
 
 
+class LoaderNode:
+    """Base of the pack's loader nodes.
+
+    ComfyUI before 2024-08 reuses a cached output when the previous prompt had a node of another type with
+    the same id and inputs, as two shipped workflows' loaders can (weights="(auto …)", seed=0). It does
+    compare IS_CHANGED values, so a per-class value keeps one loader's model from reaching another's users.
+    """
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return cls.__name__
+
+
 def weights_input(filename: str) -> tuple:
     """A ComfyUI combo of AUTO and the files in models/ugd."""
     return ([AUTO] + folder_paths.get_filename_list(MODEL_FOLDER), {

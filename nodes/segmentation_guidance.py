@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from ..guidance.segmentation import ARCHITECTURES, VOC_CLASSES, SegmentationLoss, build_segmenter, class_map_from_colours, class_map_from_mask
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, managed, validate_weights, weights_input
+from .network_weights import load_state_dict, LoaderNode, managed, validate_weights, weights_input
 
 SEGMENTATION_MODEL = "UGD_SEGMENTATION_MODEL"
 
 
-class SegmentationModelLoader:
+class SegmentationModelLoader(LoaderNode):
     DESCRIPTION = ("Loads a torchvision PASCAL VOC segmenter (21 classes) for segmentation guidance. The paper uses "
                    "lraspp_mobilenet_v3_large (lraspp_mobilenet_v3_large-d234d4ea.pth in models/ugd).")
     CATEGORY = "universal_guidance/loaders"

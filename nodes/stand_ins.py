@@ -28,7 +28,7 @@ from ..guidance.segmentation import small_random_segmenter
 from .classifier_guidance import CLASSIFIER_MODEL
 from .clip_guidance import CLIP_GUIDANCE_MODEL, ClipGuidanceModel
 from .face_guidance import FACE_MODEL
-from .network_weights import managed
+from .network_weights import LoaderNode, managed
 from .object_location_guidance import DETECTOR_MODEL
 from .segmentation_guidance import SEGMENTATION_MODEL
 
@@ -111,7 +111,7 @@ def stand_in_clip(seed: int):
     return clip
 
 
-class StandInCheckpoint:
+class StandInCheckpoint(LoaderNode):
     """MODEL, CLIP and VAE shaped like Stable Diffusion 1.x but tiny and random: for testing a graph's wiring."""
 
     DESCRIPTION = "Random-weight stand-ins for a Stable Diffusion 1.x checkpoint. Their images mean nothing: use them only to test a workflow."
@@ -128,7 +128,7 @@ class StandInCheckpoint:
         return (stand_in_model(seed), stand_in_clip(seed), stand_in_vae(seed))
 
 
-class StandInCLIPGuidanceModel:
+class StandInCLIPGuidanceModel(LoaderNode):
     """A CLIP guidance model with random weights, for testing a graph's wiring."""
 
     DESCRIPTION = "A random-weight open_clip model for CLIP guidance nodes. Its guidance means nothing: use it only to test a workflow."
@@ -152,7 +152,7 @@ def _stand_in_network_node(return_type: str, build, what: str, detail: str = "")
         log.warning("Using a STAND-IN %s with random weights: its guidance will not mean anything.", what)
         return (managed(build(seed)),)
 
-    return type(f"StandIn{return_type}", (), {
+    return type(f"StandIn{return_type}", (LoaderNode,), {
         "DESCRIPTION": f"A tiny random-weight {what} for the guidance nodes{detail}. Its guidance means nothing: use it only to test a workflow.",
         "CATEGORY": "universal_guidance/testing",
         "RETURN_TYPES": (return_type,),

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.api.json")))
+WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json")))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from run_workflow import provide_inputs, with_stand_ins  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_main_job_runs_a_ui_workflow_copying_its_example_inputs_with_progress(tm
 
 
 def test_main_job_names_a_missing_input_image(tmp_path):
-    workflow = json.loads(open(os.path.join(ROOT, "workflows", "sd15_style_guidance.api.json")).read())
+    workflow = json.loads(open(os.path.join(ROOT, "workflows", "api", "sd15_style_guidance.json")).read())
     next(n for n in workflow.values() if n["class_type"] == "LoadImage")["inputs"]["image"] = "my_style.png"
     path = tmp_path / "style.api.json"
     path.write_text(json.dumps(workflow))

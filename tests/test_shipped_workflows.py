@@ -16,7 +16,7 @@ from build_workflows import build_all, dumps  # noqa: E402
 from run_workflow import FILE_INPUTS, IMAGE_LOADERS  # noqa: E402
 from workflow_format import check_ui, ui_to_api, widget_inputs  # noqa: E402
 
-UI_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json") and not f.endswith(".api.json"))
+UI_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
 
 # What the issue asks of each workflow: {file: {node type: {input: value}}}; the sampler's cfg and recurrence too.
 PAPER_SETTINGS = {
@@ -48,7 +48,7 @@ def load(name):
 
 
 def prompt_of(name):
-    return load(name.replace(".json", ".api.json"))
+    return load(os.path.join("api", name))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_every_experiment_of_the_issue_ships():
 
 def test_committed_workflows_are_what_the_build_script_writes(object_info):
     built = build_all(object_info)
-    assert sorted(built) == sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
+    assert sorted(built) == sorted(UI_FILES + [os.path.join("api", f) for f in os.listdir(os.path.join(WORKFLOWS_DIR, "api"))])
     for name, document in built.items():
         with open(os.path.join(WORKFLOWS_DIR, name), encoding="utf-8") as f:
             assert f.read() == dumps(document), f"{name} is stale: run tools/build-workflows"

@@ -1,4 +1,4 @@
-"""Write the shipped workflows: workflows/<name>.json (UI format) and workflows/<name>.api.json (its API twin).
+"""Write the shipped workflows: workflows/<name>.json (UI format) and workflows/api/<name>.json (its API twin).
 
     bash tools/build-workflows
 
@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workflow_format import CONTROL, UPLOAD, combo_choices, declared_inputs, socket_inputs, ui_to_api, widget_slots  # noqa: E402
+from workflow_format import (  # noqa: E402
+    CONTROL, UPLOAD, combo_choices, declared_inputs, input_options, socket_inputs, ui_to_api, widget_slots)
 
 WORKFLOWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -49,7 +50,6 @@ class Workflow:
     name: str
     note: str
     nodes: list[Node] = field(default_factory=list)
-    groups: list[tuple[str, list[Node]]] = field(default_factory=list)
 
     def add(self, node_type: str, title: str | None = None, **inputs) -> Node:
         links = {k: v for k, v in inputs.items() if isinstance(v, Output)}
@@ -59,11 +59,8 @@ class Workflow:
         self.nodes.append(node)
         return node
 
-    def group(self, title: str, *members: Node):
-        self.groups.append((title, list(members)))
-
     def ui(self, object_info: dict) -> dict:
-        ui_nodes, ui_links, heights = [], [], {}
+        ui_nodes, ui_links = [], []
         links_from = {}
         for node in self.nodes:
             for name, output in node.links.items():
@@ -91,7 +88,6 @@ class Workflow:
             x = NOTE_WIDTH + 60 + node.column * COLUMN_WIDTH
             y = column_y.get(node.column, 40)
             column_y[node.column] = y + height + 60
-            heights[node.id] = (x, y, height)
             ui_node = {"id": node.id, "type": node.type, "pos": [x, y], "size": [NODE_WIDTH, height], "flags": {},
                        "order": order + 1, "mode": 0, "inputs": inputs, "outputs": outputs,
                        "properties": {"Node name for S&R": node.type}, "widgets_values": values}
@@ -108,15 +104,8 @@ class Workflow:
                 "size": [NOTE_WIDTH, 40 + 19 * _wrapped_lines(self.note)], "flags": {}, "order": 0, "mode": 0,
                 "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [self.note],
                 "color": "#432", "bgcolor": "#653"}
-        groups = []
-        for title, members in self.groups:
-            boxes = [heights[m.id] for m in members]
-            left, top = min(b[0] for b in boxes) - 20, min(b[1] for b in boxes) - 50
-            right, bottom = max(b[0] for b in boxes) + NODE_WIDTH + 20, max(b[1] + b[2] for b in boxes) + 20
-            groups.append({"title": title, "bounding": [left, top, right - left, bottom - top],
-                           "color": "#3f789e", "font_size": 24})
         return {"last_node_id": 1 + len(self.nodes), "last_link_id": len(ui_links), "nodes": [note] + ui_nodes,
-                "links": ui_links, "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}},
+                "links": ui_links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.5, "offset": [0, 0]}},
                 "version": 0.4}
 
 
@@ -134,17 +123,16 @@ def _widget_values(node: Node, definition: dict) -> list:
         elif name in node.values:
             values.append(node.values[name])
         else:
-            spec = specs[name]
-            options = spec[1] if len(spec) > 1 else {}
-            choices = combo_choices(spec)
-            values.append(options.get("default", choices[0] if choices else None))
+            choices = combo_choices(specs[name])
+            values.append(input_options(specs[name]).get("default", choices[0] if choices else None))
     return values
 
 
 def _height(definition: dict, n_inputs: int, n_outputs: int) -> int:
-    multiline = sum(1 for _, spec in declared_inputs(definition)
-                    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline"))
-    return 36 + 22 * max(n_inputs, n_outputs) + 26 * len(widget_slots(definition)) + 70 * multiline
+    options = [input_options(spec) for _, spec in declared_inputs(definition)]
+    multiline = sum(1 for o in options if o.get("multiline"))
+    previews = sum(1 for o in options if o.get("image_upload"))  # the loaded image is shown in the node
+    return 36 + 22 * max(n_inputs, n_outputs) + 26 * len(widget_slots(definition)) + 70 * multiline + 240 * previews
 
 
 def _wrapped_lines(text: str, width: int = 62) -> int:
@@ -333,12 +321,10 @@ def unconditional_object_location() -> Workflow:
                   backward_lr=1e-3)
     forward = workflow.add("UGDObjectLocationGuidance", "Forward only", backward_steps=0, **common)
     both = workflow.add("UGDObjectLocationGuidance", "Forward + backward (m = 1)", backward_steps=1, **common)
-    first = _sample_and_save(workflow, sd, forward[0], "ugd_object_location_forward", steps=1000, cfg=1.0,
-                             recurrence=3, title="Sampler: forward only (k = 3)")
-    second = _sample_and_save(workflow, sd, both[0], "ugd_object_location_forward_backward", steps=1000,
-                              cfg=1.0, recurrence=3, title="Sampler: forward + backward (k = 3)")
-    workflow.group("Forward only", forward, *first)
-    workflow.group("Forward + backward", both, *second)
+    _sample_and_save(workflow, sd, forward[0], "ugd_object_location_forward", steps=1000, cfg=1.0,
+                     recurrence=3, title="Sampler: forward only (k = 3)")
+    _sample_and_save(workflow, sd, both[0], "ugd_object_location_forward_backward", steps=1000, cfg=1.0,
+                     recurrence=3, title="Sampler: forward + backward (k = 3)")
     return workflow
 
 
@@ -377,13 +363,13 @@ WORKFLOWS = (clip_text, segmentation, face, object_location, style, unconditiona
 
 
 def build_all(object_info: dict) -> dict[str, dict]:
-    """{file name under workflows/: JSON} for every shipped workflow and its API twin."""
+    """{path under workflows/: JSON} for every shipped workflow and its API twin."""
     files = {}
     for make in WORKFLOWS:
         workflow = make()
         ui = workflow.ui(object_info)
         files[f"{workflow.name}.json"] = ui
-        files[f"{workflow.name}.api.json"] = ui_to_api(ui, object_info)
+        files[f"api/{workflow.name}.json"] = ui_to_api(ui, object_info)
     return files
 
 

@@ -69,7 +69,8 @@ def provide_inputs(prompt: dict, workflow_path: str, folder_paths) -> list[str]:
     Returns the problems: images found in neither place.
     """
     input_dir = folder_paths.get_input_directory()
-    shipped = os.path.join(os.path.dirname(os.path.abspath(workflow_path)), "inputs")
+    folder = os.path.dirname(os.path.abspath(workflow_path))
+    shipped = os.path.join(folder if os.path.basename(folder) != "api" else os.path.dirname(folder), "inputs")
     problems = []
     for node_id, node in prompt.items():
         key = IMAGE_LOADERS.get(node["class_type"])

@@ -20,20 +20,20 @@ def declared_inputs(definition: dict) -> list[tuple[str, list]]:
     return [(name, spec) for group in ("required", "optional") for name, spec in inputs.get(group, {}).items()]
 
 
-def _options(spec) -> dict:
+def input_options(spec) -> dict:
     return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
 
 
 def is_widget(spec) -> bool:
     kind = spec[0]
-    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not _options(spec).get("forceInput")
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not input_options(spec).get("forceInput")
 
 
 def combo_choices(spec) -> list | None:
     if isinstance(spec[0], list):
         return spec[0]
     if spec[0] == "COMBO":
-        return _options(spec).get("options")
+        return input_options(spec).get("options")
     return None
 
 
@@ -50,7 +50,7 @@ def widget_slots(definition: dict) -> list[tuple[str, str | None]]:
             if not is_widget(spec):
                 continue
             slots.append((name, None))
-            options = _options(spec)
+            options = input_options(spec)
             if (spec[0] == "INT" and name in SEED_NAMES) or options.get(CONTROL):
                 slots.append((name, CONTROL))
             if options.get("image_upload"):
@@ -94,7 +94,7 @@ def _widget_problem(name: str, pseudo, spec, value, file_inputs: set) -> str | N
         return None if value in CONTROL_VALUES else f"'{name}' control value {value!r} is not one of {sorted(CONTROL_VALUES)}"
     if pseudo == UPLOAD:
         return None
-    kind, options = spec[0], _options(spec)
+    kind, options = spec[0], input_options(spec)
     choices = combo_choices(spec)
     if choices is not None:
         if name in file_inputs:  # a model or input file: it need not be on this machine
