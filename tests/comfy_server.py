@@ -12,8 +12,8 @@ import time
 import urllib.error
 import urllib.request
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACK_MODULE = "comfyui_universal_guidance"
+from tools.comfy_headless import PACK_DIR, PACK_MODULE
+
 WORKFLOW_INPUTS = os.path.join(PACK_DIR, "workflows", "inputs")
 
 

@@ -89,3 +89,27 @@ def test_main_job_names_the_taesd_files_the_fast_variant_needs(tmp_path):
     assert result.returncode == 2
     assert "needs 'taesd_encoder.pth'" in result.stderr and "needs 'taesd_decoder.pth'" in result.stderr
     assert "vae_approx" in result.stderr
+
+
+def test_main_job_names_a_node_type_this_comfyui_lacks(tmp_path):
+    workflow = json.loads(open(os.path.join(ROOT, "workflows", "sd15_style_guidance.json")).read())
+    workflow["nodes"][2]["type"] = "SomePackNode"
+    path = tmp_path / "style.json"
+    path.write_text(json.dumps(workflow))
+    result = run_tool(str(path), "--input-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "is a SomePackNode, a node type this ComfyUI does not have" in result.stderr
+
+
+def test_main_job_finds_models_through_extra_model_paths(tmp_path):
+    checkpoints = tmp_path / "shared" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "v1-5-pruned-emaonly.safetensors").write_bytes(b"not a checkpoint")
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text(f"shared:\n  base_path: {tmp_path / 'shared'}\n  checkpoints: checkpoints\n")
+    workflow = os.path.join(ROOT, "workflows", "api", "sd15_clip_text_guidance.json")
+    without = run_tool(workflow, "--input-dir", str(tmp_path))
+    assert without.returncode == 2 and "needs 'v1-5-pruned-emaonly.safetensors'" in without.stderr
+    found = run_tool(workflow, "--input-dir", str(tmp_path), "--extra-model-paths", str(config))
+    assert "needs 'v1-5-pruned-emaonly.safetensors'" not in found.stderr
+    assert found.returncode == 1, "the file is found, and ComfyUI then fails to load it"

@@ -148,16 +148,16 @@ def _stable_diffusion(workflow: Workflow, positive: str, negative: str = ""):
 
 
 def _sample_and_save(workflow: Workflow, sd, guidance: Output, prefix: str, *, steps: int, cfg: float,
-                     recurrence: int, title: str = "Universal Guided KSampler", guidance_vae: Output | None = None):
+                     recurrence: int, title: str | None = None, guidance_vae: Output | None = None):
     checkpoint, positive, negative, latent = sd
     extra = {"guidance_vae": guidance_vae} if guidance_vae else {}
+    title = title or f"Universal Guided KSampler (k = {recurrence})"
     sampler = workflow.add("UniversalGuidedKSampler", title, model=checkpoint[0], vae=checkpoint[2],
                            positive=positive[0], negative=negative[0], latent_image=latent[0], guidance=guidance,
                            seed=SEED, steps=steps, cfg=cfg, sampler="ddim", scheduler="ddim_uniform", denoise=1.0,
                            recurrence=recurrence, **extra)
     decode = workflow.add("VAEDecode", samples=sampler[0], vae=checkpoint[2])
-    save = workflow.add("SaveImage", images=decode[0], filename_prefix=prefix)
-    return sampler, decode, save
+    workflow.add("SaveImage", images=decode[0], filename_prefix=prefix)
 
 
 SD_FILE = (f"- {SD15} in models/checkpoints/ (the paper used SD v1.4, sd-v1-4.ckpt; any SD 1.x checkpoint "
@@ -175,22 +175,27 @@ def _note(experiment: str, files: list[str], settings: str) -> str:
     return f"{experiment}\n\nMODEL FILES\n" + "\n".join(files) + f"\n\nSETTINGS THAT MATTER\n{settings}"
 
 
+def _clip_text_guided(name: str, note: str, text: str, recurrence: int, guidance_title: str) -> Workflow:
+    """CLIP text guidance on Stable Diffusion with an empty prompt, forward only, over 1000 DDIM steps."""
+    workflow = Workflow(name, note)
+    sd = _stable_diffusion(workflow, "")
+    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
+                        pretrained_tag="openai")
+    guidance = workflow.add("UGDCLIPTextGuidance", guidance_title, clip_model=clip[0], text=text, weight=10.0,
+                            backward_steps=0)
+    _sample_and_save(workflow, sd, guidance[0], name.replace("sd15", "ugd"), steps=1000, cfg=1.0,
+                     recurrence=recurrence)
+    return workflow
+
+
 def clip_text() -> Workflow:
-    workflow = Workflow("sd15_clip_text_guidance", _note(
+    return _clip_text_guided("sd15_clip_text_guidance", _note(
         "CLIP TEXT GUIDANCE on Stable Diffusion used as an unconditional model (paper §4.1, Fig. 3). "
         "The empty prompt makes SD unconditional; CLIP RN50 steers it towards the text in the CLIP node.",
         [SD_FILE, CLIP_FILE],
         "s(t) = 10·√(1−ᾱ): weight 10, schedule paper. Recurrence k = 8. Empty prompt, cfg 1 (no CFG). "
         "1000 DDIM steps as in the reference code; fewer run faster and guide less. Forward guidance only "
-        "(backward_steps 0)."))
-    sd = _stable_diffusion(workflow, "")
-    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
-                        pretrained_tag="openai")
-    guidance = workflow.add("UGDCLIPTextGuidance", "CLIP Text Guidance (s = 10·√(1−ᾱ))", clip_model=clip[0],
-                            text="Dog scuba-diving", weight=10.0, backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_clip_text", steps=1000, cfg=1.0, recurrence=8,
-                     title="Universal Guided KSampler (k = 8)")
-    return workflow
+        "(backward_steps 0)."), "Dog scuba-diving", 8, "CLIP Text Guidance (s = 10·√(1−ᾱ))")
 
 
 def _segmentation_guided(name: str, experiment: str, steps: int, taesd: bool) -> Workflow:
@@ -210,8 +215,7 @@ def _segmentation_guided(name: str, experiment: str, steps: int, taesd: bool) ->
                             segmentation_model=segmenter[0], target_map=target[0], weight=400.0, backward_steps=0)
     decoder = workflow.add("VAELoader", "Guidance decoder (TAESD)", vae_name="taesd") if taesd else None
     _sample_and_save(workflow, sd, guidance[0], workflow.name.replace("sd15", "ugd"), steps=steps, cfg=1.5,
-                     recurrence=10, title="Universal Guided KSampler (k = 10)",
-                     guidance_vae=decoder[0] if decoder else None)
+                     recurrence=10, guidance_vae=decoder[0] if decoder else None)
     return workflow
 
 
@@ -243,8 +247,7 @@ def face() -> Workflow:
     reference = workflow.add("LoadImage", "Reference face", image="ugd_face_reference_astronaut.png")
     guidance = workflow.add("UGDFaceIdentityGuidance", "Face Identity Guidance (s = 20000·√(1−ᾱ))",
                             face_model=faces[0], reference=reference[0], weight=20000.0, backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_face", steps=500, cfg=7.5, recurrence=2,
-                     title="Universal Guided KSampler (k = 2)")
+    _sample_and_save(workflow, sd, guidance[0], "ugd_face", steps=500, cfg=7.5, recurrence=2)
     return workflow
 
 
@@ -261,8 +264,7 @@ def object_location() -> Workflow:
     guidance = workflow.add("UGDObjectLocationGuidance", "Object Location Guidance (s = 100·√(1−ᾱ))",
                             detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions", weight=100.0,
                             backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_object_location", steps=250, cfg=1.5, recurrence=3,
-                     title="Universal Guided KSampler (k = 3)")
+    _sample_and_save(workflow, sd, guidance[0], "ugd_object_location", steps=250, cfg=1.5, recurrence=3)
     return workflow
 
 
@@ -280,8 +282,7 @@ def style() -> Workflow:
     reference = workflow.add("LoadImage", "Style image", image="ugd_style_swirls.png")
     guidance = workflow.add("UGDCLIPImageGuidance", "CLIP Image Guidance: style (s = 6·√(1−ᾱ))", clip_model=clip[0],
                             image=reference[0], weight=6.0, backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_style", steps=500, cfg=3.0, recurrence=6,
-                     title="Universal Guided KSampler (k = 6)")
+    _sample_and_save(workflow, sd, guidance[0], "ugd_style", steps=500, cfg=3.0, recurrence=6)
     return workflow
 
 
@@ -290,21 +291,14 @@ UNCONDITIONAL = ("The paper runs this on an unconditional ImageNet diffusion mod
 
 
 def unconditional_clip() -> Workflow:
-    workflow = Workflow("sd15_unconditional_clip_guidance", _note(
+    return _clip_text_guided("sd15_unconditional_clip_guidance", _note(
         "CLIP GUIDANCE, FORWARD ONLY, of the unconditional-model experiments (paper §4.2, Fig. 8): prompts "
         f"far from the training data, such as an art style. {UNCONDITIONAL}",
         [SD_FILE, CLIP_FILE],
         "Forward guidance only (backward_steps 0). Recurrence k = 10 and 1000 DDIM steps as in the reference's "
         "ImageNet command. weight 10 (schedule paper), the paper's Stable Diffusion strength for this loss; "
-        "the ImageNet value (2) was tuned for a pixel-space model."))
-    sd = _stable_diffusion(workflow, "")
-    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
-                        pretrained_tag="openai")
-    guidance = workflow.add("UGDCLIPTextGuidance", "CLIP Text Guidance, forward only", clip_model=clip[0],
-                            text="English foxhound by Edward Hopper", weight=10.0, backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_unconditional_clip", steps=1000, cfg=1.0, recurrence=10,
-                     title="Universal Guided KSampler (k = 10)")
-    return workflow
+        "the ImageNet value (2) was tuned for a pixel-space model."),
+        "English foxhound by Edward Hopper", 10, "CLIP Text Guidance, forward only")
 
 
 def unconditional_object_location() -> Workflow:
@@ -312,8 +306,8 @@ def unconditional_object_location() -> Workflow:
         "OBJECT LOCATION: FORWARD ONLY vs FORWARD + BACKWARD, side by side (paper §4.2, Fig. 9). The same "
         f"seed and boxes, sampled twice. {UNCONDITIONAL}",
         [SD_FILE, DETECTOR_FILE],
-        "s(t) = 100·√(1−ᾱ) (weight 100, schedule paper) and k = 3 in both. The second adds backward guidance: m = 1 Adam step with lr 1e-3 per "
-        "pass, as in the reference. 1000 DDIM steps. The paper finds forward + backward places the objects, "
+        "s(t) = 100·√(1−ᾱ) (weight 100, schedule paper) and k = 3 in both. The second adds backward "
+        "guidance: m = 1 Adam step with lr 1e-3 per pass, as in the reference. 1000 DDIM steps. The paper finds forward + backward places the objects, "
         "where forward only often misses category or place."))
     sd = _stable_diffusion(workflow, "")
     detector = workflow.add("UGDObjectDetectorLoader", weights=AUTO)

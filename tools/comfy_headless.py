@@ -49,10 +49,31 @@ def _maybe_await(value):
     return asyncio.run(value) if inspect.iscoroutine(value) else value
 
 
+def _load_extra_model_paths(config: str, folder_paths):
+    """Add the model folders of an extra_model_paths.yaml, as ComfyUI's main.py does at start-up."""
+    try:
+        from utils.extra_config import load_extra_path_config
+    except ImportError:  # ComfyUI before 2024-08 kept this function in main.py
+        import yaml
+
+        with open(config) as f:
+            sections = yaml.safe_load(f) or {}
+        for section in sections.values():
+            section = dict(section or {})
+            base = section.pop("base_path", None)
+            for folder, paths in section.items():
+                for path in filter(None, str(paths).split("\n")):
+                    folder_paths.add_model_folder_path(folder, os.path.join(base, path) if base else path)
+    else:
+        load_extra_path_config(config)
+
+
 class ComfyHost:
     """A ComfyUI loaded in-process: `run(prompt)` validates and executes an API-format prompt."""
 
-    def __init__(self, comfyui_path: str, output_dir: str | None = None, input_dir: str | None = None):
+    def __init__(self, comfyui_path: str, output_dir: str | None = None, input_dir: str | None = None,
+                 extra_model_paths: list[str] | None = None):
+        """extra_model_paths: ComfyUI's extra_model_paths.yaml files; by default the ComfyUI's own, if it has one."""
         self.path = os.path.abspath(comfyui_path)
         if not os.path.isfile(os.path.join(self.path, "execution.py")):
             raise FileNotFoundError(f"No ComfyUI at {self.path}: set COMFYUI_PATH to a ComfyUI checkout.")
@@ -80,6 +101,11 @@ class ComfyHost:
         folder_paths.set_output_directory(self.output_dir)
         if input_dir:
             folder_paths.set_input_directory(input_dir)
+        if extra_model_paths is None:
+            own = os.path.join(self.path, "extra_model_paths.yaml")
+            extra_model_paths = [own] if os.path.isfile(own) else []
+        for config in extra_model_paths:
+            _load_extra_model_paths(config, folder_paths)
         import execution
         import nodes
 

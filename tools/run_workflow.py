@@ -1,10 +1,10 @@
 """Run a workflow headless through ComfyUI and write its images to a folder.
 
     python tools/run_workflow.py workflows/sd15_segmentation_guidance.json --output output \
-        [--comfyui PATH] [--input-dir DIR] [--stand-ins never|if-missing|always]
+        [--comfyui PATH] [--input-dir DIR] [--extra-model-paths YAML] [--stand-ins never|if-missing|always]
 
 The workflow may be in the UI format (as saved by the frontend) or the API format ("Export (API)").
-Model files come from the ComfyUI's models folders. When one is missing the run stops and names it,
+Model files come from the ComfyUI's models folders and its extra_model_paths.yaml. When one is missing the run stops and names it,
 unless --stand-ins allows small random-weight stand-in models, built on the spot (and said so loudly).
 Example inputs that a workflow loads (workflows/inputs/) are copied into ComfyUI's input folder when
 they are not there yet.
@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="output", help="folder for the images (default: output)")
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI folder (default: $COMFYUI_PATH)")
     parser.add_argument("--input-dir", help="ComfyUI's input folder for this run (default: the ComfyUI's own)")
+    parser.add_argument("--extra-model-paths", action="append", metavar="YAML",
+                        help="an extra_model_paths.yaml (repeatable; default: the ComfyUI's own, if it has one)")
     parser.add_argument("--stand-ins", choices=["never", "if-missing", "always"], default="never",
                         help="use random-weight stand-in models: never (default), if a model file is missing, or always")
     args = parser.parse_args(argv)
@@ -140,8 +142,15 @@ def main(argv=None) -> int:
     with open(args.workflow) as f:
         workflow = json.load(f)
 
-    host = ComfyHost(args.comfyui, os.path.abspath(args.output), args.input_dir and os.path.abspath(args.input_dir))
-    prompt = ui_to_api(workflow, host.object_info()) if "nodes" in workflow and "links" in workflow else workflow
+    host = ComfyHost(args.comfyui, os.path.abspath(args.output), args.input_dir and os.path.abspath(args.input_dir),
+                     args.extra_model_paths)
+    prompt = workflow
+    if "nodes" in workflow and "links" in workflow:
+        try:
+            prompt = ui_to_api(workflow, host.object_info())
+        except ValueError as error:
+            print(f"Cannot convert {args.workflow} to a prompt: {error}", file=sys.stderr)
+            return 2
     input_problems = provide_inputs(prompt, args.workflow, host.folder_paths)
     if input_problems:
         print("Cannot run the workflow; input images are missing:\n  " + "\n  ".join(input_problems), file=sys.stderr)

@@ -76,9 +76,15 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) in (2, 4):  # muted or bypassed
+        if node.get("mode", 0) == 4:
+            raise ValueError(f"node {node['id']} ({node['type']}) is bypassed; un-bypass it, or export the "
+                             "workflow with the frontend's Export (API)")
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) == 2:  # muted nodes do not run
             continue
-        definition = object_info[node["type"]]
+        definition = object_info.get(node["type"])
+        if definition is None:
+            raise ValueError(f"node {node['id']} is a {node['type']}, a node type this ComfyUI does not have; "
+                             "install the custom node pack that provides it")
         inputs = widget_inputs(node, definition)
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
