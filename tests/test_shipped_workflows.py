@@ -14,7 +14,7 @@ WORKFLOWS_DIR = os.path.join(ROOT, "workflows")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from build_workflows import build_all, dumps  # noqa: E402
 from run_workflow import FILE_INPUTS, IMAGE_LOADERS  # noqa: E402
-from workflow_format import check_ui, ui_to_api, widget_inputs  # noqa: E402
+from workflow_format import check_ui, combo_choices, ui_to_api, widget_inputs  # noqa: E402
 
 UI_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
 
@@ -104,6 +104,16 @@ def test_note_names_the_experiment_every_file_and_the_settings(name):
     for node_type, expected in PAPER_SETTINGS[name].items():
         if "weight" in expected and expected["weight"]:
             assert f"weight {expected['weight']}" in note
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_download_entries_are_the_loaders_own(object_info, name):
+    """Loader choices such as "(auto …)" are the nodes' own, not a stale copy (they are exempt from file checks)."""
+    for node in prompt_of(name).values():
+        for key in FILE_INPUTS.get(node["class_type"], ()):
+            value = node["inputs"][key]
+            if value.startswith("("):
+                assert value in combo_choices(object_info[node["class_type"]]["input"]["required"][key])
 
 
 @pytest.mark.parametrize("name", UI_FILES)

@@ -61,10 +61,6 @@ class Workflow:
 
     def ui(self, object_info: dict) -> dict:
         ui_nodes, ui_links = [], []
-        links_from = {}
-        for node in self.nodes:
-            for name, output in node.links.items():
-                links_from.setdefault((output.node.id, output.slot), []).append((node, name))
         column_y = {}
         for order, node in enumerate(self.nodes):
             definition = object_info[node.type]
