@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from ..guidance.classifier import ARCHITECTURES, ClassifierLoss, build_classifier, class_index, default_weights
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, LoaderNode, managed, validate_weights, weights_input
+from .network_weights import load_state_dict, managed, weights_input, WeightsFileLoader
 
 CLASSIFIER_MODEL = "UGD_CLASSIFIER_MODEL"
 
 
-class ClassifierModelLoader(LoaderNode):
+class ClassifierModelLoader(WeightsFileLoader):
     DESCRIPTION = ("Loads a torchvision ImageNet classifier by name, with the file of its default torchvision weights "
                    "in models/ugd (e.g. resnet50-11ad3fa6.pth), or any state dict of that architecture.")
     CATEGORY = "universal_guidance/loaders"
@@ -21,10 +21,6 @@ class ClassifierModelLoader(LoaderNode):
             "architecture": (list(ARCHITECTURES), {"default": "resnet50"}),
             "weights": weights_input("torchvision's default file for the architecture"),
         }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weights):
-        return validate_weights(weights)
 
     def load(self, architecture, weights):
         return (managed(build_classifier(architecture, load_state_dict(weights, default_weights(architecture).url))),)

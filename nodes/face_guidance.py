@@ -5,13 +5,13 @@ import comfy.model_management
 
 from ..guidance.face_identity import VGGFACE2_URL, FaceIdentityLoss, build_face_networks, reference_embeddings
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import file_name, load_state_dict, LoaderNode, managed, validate_weights, weights_input
+from .network_weights import file_name, load_state_dict, managed, weights_input, WeightsFileLoader
 
 FACE_MODEL = "UGD_FACE_MODEL"
 VGGFACE2_FILE = file_name(VGGFACE2_URL)
 
 
-class FaceModelLoader(LoaderNode):
+class FaceModelLoader(WeightsFileLoader):
     DESCRIPTION = ("Loads facenet-pytorch's MTCNN face detector (its weights ship with the package) and InceptionResnetV1 "
                    f"face recognition, trained on VGGFace2 ({VGGFACE2_FILE} in models/ugd).")
     CATEGORY = "universal_guidance/loaders"
@@ -21,10 +21,6 @@ class FaceModelLoader(LoaderNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"weights": weights_input(VGGFACE2_FILE)}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weights):
-        return validate_weights(weights)
 
     def load(self, weights):
         return (managed(build_face_networks(load_state_dict(weights, VGGFACE2_URL))),)

@@ -42,11 +42,15 @@ def weights_input(filename: str) -> tuple:
         "tooltip": f"A weight file in models/ugd. AUTO uses {filename} there and downloads it on first use."})
 
 
-def validate_weights(weights: str) -> bool | str:
-    """VALIDATE_INPUTS for a weights combo: a named file must exist."""
-    if weights != AUTO and weights not in folder_paths.get_filename_list(MODEL_FOLDER):
-        return f"Guidance network weights '{weights}' not found: put the file in {model_folder_hint()}."
-    return True
+class WeightsFileLoader(LoaderNode):
+    """A loader whose `weights` input (see weights_input) is AUTO or a file in models/ugd."""
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights):
+        """A named file must exist; checked before anything runs."""
+        if weights != AUTO and weights not in folder_paths.get_filename_list(MODEL_FOLDER):
+            return f"Guidance network weights '{weights}' not found: put the file in {model_folder_hint()}."
+        return True
 
 
 def file_name(url: str) -> str:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from ..guidance.object_location import UNITS, WEIGHTS, ObjectLocationLoss, build_detector, parse_boxes
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import file_name, load_state_dict, LoaderNode, managed, validate_weights, weights_input
+from .network_weights import file_name, load_state_dict, managed, weights_input, WeightsFileLoader
 
 DETECTOR_MODEL = "UGD_DETECTOR_MODEL"
 DETECTOR_FILE = file_name(WEIGHTS.url)
 EXAMPLE_BOXES = "dog 38 166 218 346\nperson 284 56 484 456"  # the reference's first example, in 512 px
 
 
-class ObjectDetectorLoader(LoaderNode):
+class ObjectDetectorLoader(WeightsFileLoader):
     DESCRIPTION = f"Loads torchvision's fasterrcnn_resnet50_fpn_v2 COCO detector ({DETECTOR_FILE} in models/ugd) for object location guidance."
     CATEGORY = "universal_guidance/loaders"
     RETURN_TYPES = (DETECTOR_MODEL,)
@@ -19,10 +19,6 @@ class ObjectDetectorLoader(LoaderNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"weights": weights_input(DETECTOR_FILE)}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weights):
-        return validate_weights(weights)
 
     def load(self, weights):
         return (managed(build_detector(load_state_dict(weights, WEIGHTS.url))),)

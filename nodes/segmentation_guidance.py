@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from ..guidance.segmentation import ARCHITECTURES, VOC_CLASSES, SegmentationLoss, build_segmenter, class_map_from_colours, class_map_from_mask
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, LoaderNode, managed, validate_weights, weights_input
+from .network_weights import load_state_dict, managed, weights_input, WeightsFileLoader
 
 SEGMENTATION_MODEL = "UGD_SEGMENTATION_MODEL"
 
 
-class SegmentationModelLoader(LoaderNode):
+class SegmentationModelLoader(WeightsFileLoader):
     DESCRIPTION = ("Loads a torchvision PASCAL VOC segmenter (21 classes) for segmentation guidance. The paper uses "
                    "lraspp_mobilenet_v3_large (lraspp_mobilenet_v3_large-d234d4ea.pth in models/ugd).")
     CATEGORY = "universal_guidance/loaders"
@@ -21,10 +21,6 @@ class SegmentationModelLoader(LoaderNode):
             "architecture": (list(ARCHITECTURES), {"default": "lraspp_mobilenet_v3_large"}),
             "weights": weights_input("the architecture's torchvision file, e.g. lraspp_mobilenet_v3_large-d234d4ea.pth,"),
         }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weights):
-        return validate_weights(weights)
 
     def load(self, architecture, weights):
         return (managed(build_segmenter(architecture, load_state_dict(weights, ARCHITECTURES[architecture][1].url))),)
