@@ -13,12 +13,12 @@ import sys
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_workflow import AUTO, DOWNLOAD_PRETRAINED  # noqa: E402
 from workflow_format import (  # noqa: E402
     CONTROL, UPLOAD, combo_choices, declared_inputs, input_options, socket_inputs, ui_to_api, widget_slots)
 
 WORKFLOWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
 SD15 = "v1-5-pruned-emaonly.safetensors"
-AUTO = "(auto: models/ugd, downloaded if missing)"
 SEED = 42  # the reference scripts' seed
 EXAMPLE_BOXES = "dog 0.07 0.32 0.43 0.68\nperson 0.55 0.11 0.95 0.89"
 COLUMN_WIDTH, NODE_WIDTH, NOTE_WIDTH = 380, 330, 460
@@ -175,7 +175,7 @@ def _clip_text_guided(name: str, note: str, text: str, recurrence: int, guidance
     """CLIP text guidance on Stable Diffusion with an empty prompt, forward only, over 1000 DDIM steps."""
     workflow = Workflow(name, note)
     sd = _stable_diffusion(workflow, "")
-    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
+    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights=DOWNLOAD_PRETRAINED,
                         pretrained_tag="openai")
     guidance = workflow.add("UGDCLIPTextGuidance", guidance_title, clip_model=clip[0], text=text, weight=10.0,
                             backward_steps=0)
@@ -273,7 +273,7 @@ def style() -> Workflow:
         "s(t) = 6·√(1−ᾱ): weight 6, schedule paper. Recurrence k = 6. cfg 3 (the paper uses 3 or 4 to balance "
         "prompt against style). 500 DDIM steps as in the reference."))
     sd = _stable_diffusion(workflow, "A colorful photo of a eiffel tower")
-    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights="(download pretrained_tag)",
+    clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights=DOWNLOAD_PRETRAINED,
                         pretrained_tag="openai")
     reference = workflow.add("LoadImage", "Style image", image="ugd_style_swirls.png")
     guidance = workflow.add("UGDCLIPImageGuidance", "CLIP Image Guidance: style (s = 6·√(1−ᾱ))", clip_model=clip[0],

@@ -34,8 +34,9 @@ LOADERS = {
 IMAGE_LOADERS = {"LoadImage": "image", "LoadImageMask": "image"}
 # Inputs that name files, which need not exist on the machine that checks a workflow.
 FILE_INPUTS = {cls: {key} for cls, (_, key, _, _) in LOADERS.items()} | {k: {v} for k, v in IMAGE_LOADERS.items()}
-# Loader choices that fetch their files themselves.
-DOWNLOADED = {"(download pretrained_tag)", "(auto: models/ugd, downloaded if missing)"}
+# Loader choices that fetch their files themselves (the pack's loaders name them so).
+AUTO, DOWNLOAD_PRETRAINED = "(auto: models/ugd, downloaded if missing)", "(download pretrained_tag)"
+DOWNLOADED = {AUTO, DOWNLOAD_PRETRAINED}
 # VAELoader's built-in approximate decoders and the files in models/vae_approx they need.
 VAE_APPROX = {name: (f"{name}_encoder", f"{name}_decoder") for name in ("taesd", "taesdxl")}
 STAND_IN_SIZE, STAND_IN_MAX_STEPS = 64, 10
