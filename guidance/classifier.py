@@ -83,7 +83,8 @@ def class_index(target: str, categories=IMAGENET_CATEGORIES) -> int:
         return lowered.index(text.lower())
     close = difflib.get_close_matches(text.lower(), lowered, n=3)
     hint = f" Did you mean {' or '.join(repr(categories[lowered.index(c)]) for c in close)}?" if close else ""
-    raise ValueError(f"Unknown class {text!r}: give an ImageNet class name such as 'golden retriever', or its index.{hint}")
+    example = "golden retriever" if "golden retriever" in categories else categories[0]
+    raise ValueError(f"Unknown class {text!r}: give one of the classifier's class names, such as {example!r}, or its index.{hint}")
 
 
 class ClassifierLoss:

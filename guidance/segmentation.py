@@ -34,12 +34,16 @@ def voc_palette() -> torch.Tensor:
 
 
 class Segmenter(torch.nn.Module):
-    """A VOC segmentation network with the reference's preprocessing: (B, 3, H, W) in [0, 1] to logits (B, 21, h, w)."""
+    """A segmentation network with its preprocessing: (B, 3, H, W) in [0, 1] to logits (B, classes, h, w).
 
-    def __init__(self, network: torch.nn.Module, input_size: int = INPUT_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    The defaults are the reference's for a VOC segmenter. Class i is painted in VOC palette colour i.
+    """
+
+    def __init__(self, network: torch.nn.Module, input_size: int = INPUT_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 classes=VOC_CLASSES):
         super().__init__()
         self.network = network
-        self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
+        self.input_size, self.mean, self.std, self.classes = input_size, tuple(mean), tuple(std), tuple(classes)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         pixels = normalize(resize_short_side(image, self.input_size), self.mean, self.std)
@@ -77,40 +81,41 @@ def small_random_segmenter(seed: int = 0, input_size: int = 64) -> Segmenter:
     return Segmenter(TinySegmentationNet(), input_size=input_size).eval().requires_grad_(False)
 
 
-def class_map_from_colours(image: torch.Tensor) -> torch.Tensor:
+def class_map_from_colours(image: torch.Tensor, classes=VOC_CLASSES) -> torch.Tensor:
     """A ComfyUI IMAGE (B, H, W, 3) drawn in VOC palette colours to class indices (B, H, W); void (224, 224, 192) is ignored.
 
-    Raises ValueError naming a pixel whose colour is no VOC class colour.
+    Raises ValueError naming a pixel whose colour is the colour of none of `classes`.
     """
     image_to_bchw(image)  # checks the shape
     pixels = (image[..., :3].float() * 255).round()
     palette = voc_palette().float()
-    allowed = torch.tensor(list(range(len(VOC_CLASSES))) + [IGNORE])
+    allowed = torch.tensor(list(range(len(classes))) + [IGNORE])
     distance = (pixels[..., None, :] - palette[allowed]).abs().amax(dim=-1)  # (B, H, W, classes)
     nearest_distance, nearest = distance.min(dim=-1)
     unknown = nearest_distance > COLOUR_TOLERANCE
     if unknown.any():
         b, y, x = (int(i) for i in unknown.nonzero()[0])
         colour = tuple(int(c) for c in pixels[b, y, x])
+        examples = ", ".join(f"{name} {tuple(palette[i].int().tolist())}" for i, name in enumerate(classes[:6]))
         raise ValueError(
-            f"The target map has {int(unknown.sum())} pixels in colours that are no PASCAL VOC class, e.g. RGB {colour} "
-            f"at x={x}, y={y} of image {b}. Paint it only in VOC palette colours (background black, person "
-            f"{tuple(palette[VOC_CLASSES.index('person')].int().tolist())}, …), without antialiasing or blur.")
+            f"The target map has {int(unknown.sum())} pixels in colours that are none of the segmenter's "
+            f"{len(classes)} classes, e.g. RGB {colour} at x={x}, y={y} of image {b}. Paint it only in the VOC palette "
+            f"colours of its classes ({examples}{', …' if len(classes) > 6 else ''}), without antialiasing or blur.")
     return allowed[nearest]
 
 
-def class_map_from_mask(mask: torch.Tensor, class_name: str, outside: str = "background") -> torch.Tensor:
+def class_map_from_mask(mask: torch.Tensor, class_name: str, outside: str = "background", classes=VOC_CLASSES) -> torch.Tensor:
     """A ComfyUI MASK (B, H, W) to class indices: `class_name` where the mask is above 0.5, and outside it
     background (class 0) or, with outside="ignore", no loss."""
-    if class_name not in VOC_CLASSES:
-        raise ValueError(f"Unknown VOC class {class_name!r}; choose one of {', '.join(VOC_CLASSES)}.")
+    if class_name not in classes:
+        raise ValueError(f"The segmenter has no class {class_name!r}; choose one of {', '.join(classes[1:])}.")
     if outside not in ("background", "ignore"):
         raise ValueError(f"outside must be 'background' or 'ignore', got {outside!r}.")
     inside = mask_to_b1hw(mask)[:, 0] > 0.5
     if not inside.any():
         raise ValueError("The mask is empty, so it marks no pixel of the class: draw the region where it should be.")
     fill = 0 if outside == "background" else IGNORE
-    return torch.where(inside, VOC_CLASSES.index(class_name), fill)
+    return torch.where(inside, classes.index(class_name), fill)
 
 
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

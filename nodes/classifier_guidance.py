@@ -38,7 +38,7 @@ class ClassifierGuidance:
     def INPUT_TYPES(cls):
         return {"required": {
             "classifier": (CLASSIFIER_MODEL, {"tooltip": "From Classifier Model Loader."}),
-            "target_class": ("STRING", {"default": "golden retriever", "tooltip": "An ImageNet class name or index."}),
+            "target_class": ("STRING", {"default": "golden retriever", "tooltip": "A class name or index of the classifier: ImageNet's ('golden retriever'), or the toy world's ('red circle')."}),
             **settings_inputs(weight=100.0),
         }}
 

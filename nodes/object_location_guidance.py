@@ -46,7 +46,8 @@ class ObjectLocationGuidance:
         }}
 
     def guide(self, detector, boxes, units, proposal_seed, **settings):
-        parsed = parse_boxes(boxes, units)
+        parsed = parse_boxes(boxes, units, detector.model.categories)
+        detector.model.check_boxes(parsed.labels)
         loss = ObjectLocationLoss(detector.model, parsed, proposal_seed)
         return guidance_output(f"object location guidance ({len(parsed.labels)} boxes)", loss, [detector], **settings)
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from ..guidance.segmentation import ARCHITECTURES, VOC_CLASSES, SegmentationLoss, build_segmenter, class_map_from_colours, class_map_from_mask
+from ..toy_world.networks import SEGMENTATION_CLASSES as TOY_CLASSES
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 from .network_weights import load_state_dict, managed, weights_input, WeightsFileLoader
 
 SEGMENTATION_MODEL = "UGD_SEGMENTATION_MODEL"
+CLASS_NAMES = list(VOC_CLASSES[1:]) + [c for c in TOY_CLASSES[1:] if c not in VOC_CLASSES]  # VOC, then the toy world's
 
 
 class SegmentationModelLoader(WeightsFileLoader):
@@ -39,7 +41,7 @@ class SegmentationGuidance:
         return {
             "required": {
                 "segmentation_model": (SEGMENTATION_MODEL, {"tooltip": "From Segmentation Model Loader."}),
-                "class_name": (list(VOC_CLASSES[1:]), {"default": "dog", "tooltip": "The class painted by the mask (unused with a target map)."}),
+                "class_name": (CLASS_NAMES, {"default": "dog", "tooltip": "The class painted by the mask (unused with a target map); one of the segmenter's classes."}),
                 "outside_mask": (["background", "ignore"], {"tooltip": "Outside the mask: ask for background, or leave it free."}),
                 **settings_inputs(weight=400.0),
             },
@@ -52,11 +54,12 @@ class SegmentationGuidance:
     def guide(self, segmentation_model, class_name, outside_mask, target_map=None, mask=None, **settings):
         if (target_map is None) == (mask is None):
             raise ValueError("Segmentation Guidance: connect either target_map (a VOC-coloured map) or mask (with class_name), not both or neither.")
+        segmenter = segmentation_model.model
         if target_map is not None:
-            target, what = class_map_from_colours(target_map), "map"
+            target, what = class_map_from_colours(target_map, segmenter.classes), "map"
         else:
-            target, what = class_map_from_mask(mask, class_name, outside_mask), class_name
-        loss = SegmentationLoss(segmentation_model.model, target)
+            target, what = class_map_from_mask(mask, class_name, outside_mask, segmenter.classes), class_name
+        loss = SegmentationLoss(segmenter, target)
         return guidance_output(f"segmentation guidance ({what})", loss, [segmentation_model], **settings)
 
 

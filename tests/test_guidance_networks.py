@@ -62,8 +62,20 @@ def test_voc_palette_and_colour_maps():
 def test_unknown_colours_are_rejected_with_the_pixel():
     image = torch.zeros(1, 4, 6, 3)
     image[0, 1, 2] = torch.tensor([0.5, 0.9, 0.1])
-    with pytest.raises(ValueError, match=r"1 pixels in colours that are no PASCAL VOC class, e.g. RGB \(128, 230, 26\) at x=2, y=1"):
+    with pytest.raises(ValueError, match=r"1 pixels in colours that are none of the segmenter's 21 classes, e.g. RGB \(128, 230, 26\) at x=2, y=1"):
         segmentation.class_map_from_colours(image)
+
+
+def test_a_map_may_use_only_the_connected_segmenters_classes():
+    shapes = ("background", "circle", "square", "triangle", "cross")
+    image = torch.zeros(1, 2, 2, 3)
+    image[0, 0, 0] = segmentation.voc_palette()[4].float() / 255
+    assert segmentation.class_map_from_colours(image, shapes).tolist() == [[[4, 0], [0, 0]]]
+    image[0, 1, 1] = segmentation.voc_palette()[segmentation.VOC_CLASSES.index("dog")].float() / 255
+    with pytest.raises(ValueError, match=r"none of the segmenter's 5 classes, e.g. RGB \(64, 0, 128\) at x=1, y=1.*cross \(0, 0, 128\)\)"):
+        segmentation.class_map_from_colours(image, shapes)
+    with pytest.raises(ValueError, match="no class 'dog'; choose one of circle, square, triangle, cross"):
+        segmentation.class_map_from_mask(torch.ones(1, 2, 2), "dog", classes=shapes)
 
 
 def test_mask_and_class_name_give_a_class_map():
@@ -74,7 +86,7 @@ def test_mask_and_class_name_give_a_class_map():
     assert (classes[:, 1:3, 1:3] == dog).all() and int((classes == 0).sum()) == 2 * 12
     ignored = segmentation.class_map_from_mask(mask, "dog", outside="ignore")
     assert int((ignored == 255).sum()) == 2 * 12
-    with pytest.raises(ValueError, match="Unknown VOC class 'doggo'"):
+    with pytest.raises(ValueError, match="The segmenter has no class 'doggo'"):
         segmentation.class_map_from_mask(mask, "doggo")
     with pytest.raises(ValueError, match="The mask is empty"):
         segmentation.class_map_from_mask(torch.zeros(1, 4, 4), "dog")

@@ -123,7 +123,7 @@ def test_a_target_map_with_unknown_colours_is_rejected(comfy):
     guidance = graphs.stand_in_guidance(graph, "6", "UGDSegmentationGuidance", class_name="dog", outside_mask="background",
                                         target_map=graphs.load_image(graph, "5", name), weight=1.0)
     graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance), "bad")
-    assert "colours that are no PASCAL VOC class" in error_text(comfy.run(graph))
+    assert "colours that are none of the segmenter's 21 classes" in error_text(comfy.run(graph))
 
 
 LOADERS = {  # loader: (its own inputs, the guidance it feeds, that guidance's input name and other inputs)
