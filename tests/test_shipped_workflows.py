@@ -20,6 +20,8 @@ UI_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
 
 # What the issue asks of each workflow: {file: {node type: {input: value}}}; the sampler's cfg and recurrence too.
 PAPER_SETTINGS = {
+    "toy_world_segmentation_guidance.json": {"UGDSegmentationGuidance": {"weight": 100, "schedule": "paper"},
+                                             "UniversalGuidedKSampler": {"recurrence": 4, "cfg": 1}},
     "sd15_clip_text_guidance.json": {"UGDCLIPTextGuidance": {"weight": 10, "schedule": "paper", "backward_steps": 0},
                                      "UniversalGuidedKSampler": {"recurrence": 8, "cfg": 1}},
     "sd15_segmentation_guidance.json": {"UGDSegmentationGuidance": {"weight": 400, "schedule": "paper"},

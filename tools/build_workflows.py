@@ -348,7 +348,42 @@ def unconditional_segmentation_inpainting() -> Workflow:
     return workflow
 
 
-WORKFLOWS = (clip_text, segmentation, face, object_location, style, unconditional_clip,
+TOY_STEPS, TOY_RECURRENCE, TOY_WEIGHT = 20, 4, 100.0
+
+
+def toy_world_segmentation() -> Workflow:
+    workflow = Workflow("toy_world_segmentation_guidance", _note(
+        "TOY WORLD SEGMENTATION GUIDANCE: the paper's segmentation experiment (paper §4.1, Fig. 4) in the pack's own "
+        "miniature world of coloured shapes, whose diffusion model, VAE and segmenter were trained by the pack "
+        "(toy_world/). Four seeds, sampled without and with guidance from the same noise. The grid shows one row "
+        "per seed: target map, unguided, guided.",
+        ["- none to download: the toy model, VAE and networks ship with the pack (toy_world/weights/).",
+         "- ugd_toy_segmentation_map.png in ComfyUI/input/ (shipped in workflows/inputs/): a triangle and a circle."],
+        f"s(t) = {TOY_WEIGHT:g}·√(1−ᾱ): weight {TOY_WEIGHT:g}, schedule paper. Recurrence k = {TOY_RECURRENCE}. "
+        f"{TOY_STEPS} DDIM steps, cfg 1 (the toy model is unconditional). The map is painted in the VOC palette "
+        "colours of the toy classes: background black, circle (128, 0, 0), square (0, 128, 0), triangle "
+        "(128, 128, 0), cross (0, 0, 128)."))
+    toy = workflow.add("UGDToyWorldLoader")
+    networks = workflow.add("UGDToyWorldGuidanceNetworks")
+    target = workflow.add("LoadImage", "Target map (toy classes in VOC colours)", image="ugd_toy_segmentation_map.png")
+    guidance = workflow.add("UGDSegmentationGuidance", f"Segmentation Guidance (s = {TOY_WEIGHT:g}·√(1−ᾱ))",
+                            segmentation_model=networks[0], target_map=target[0], weight=TOY_WEIGHT,
+                            backward_steps=0)
+    latent = workflow.add("UGDEmptyToyWorldLatent", batch_size=4)
+    common = dict(model=toy[0], positive=toy[2], negative=toy[2], latent_image=latent[0], seed=SEED, steps=TOY_STEPS,
+                  cfg=1.0, scheduler="ddim_uniform", denoise=1.0)
+    unguided = workflow.add("KSampler", "Unguided (same seed; euler = DDIM)", sampler_name="euler", **common)
+    guided = workflow.add("UniversalGuidedKSampler", f"Universal Guided KSampler (k = {TOY_RECURRENCE})", vae=toy[1],
+                          guidance=guidance[0], sampler="ddim", recurrence=TOY_RECURRENCE, **common)
+    unguided_image = workflow.add("VAEDecode", "Decode unguided", samples=unguided[0], vae=toy[1])
+    guided_image = workflow.add("VAEDecode", "Decode guided", samples=guided[0], vae=toy[1])
+    grid = workflow.add("UGDImageGrid", "Target | unguided | guided", image_1=target[0], image_2=unguided_image[0],
+                        image_3=guided_image[0])
+    workflow.add("SaveImage", images=grid[0], filename_prefix="ugd_toy_segmentation_grid")
+    return workflow
+
+
+WORKFLOWS = (toy_world_segmentation, clip_text, segmentation, face, object_location, style, unconditional_clip,
              unconditional_object_location, unconditional_segmentation_inpainting, segmentation_fast)
 
 

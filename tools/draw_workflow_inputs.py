@@ -6,12 +6,17 @@ that folder says which is which. Needs Pillow, NumPy and scikit-image (all in to
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
 from skimage import data
 
-INPUTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "inputs")
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INPUTS = os.path.join(PACK_DIR, "workflows", "inputs")
+sys.path.insert(0, PACK_DIR)
+from guidance.segmentation import voc_palette  # noqa: E402
+from toy_world import data as toy_data  # noqa: E402
 SIZE = 512
 VOC_DOG = (64, 0, 128)
 
@@ -64,6 +69,14 @@ def inpainting_hole() -> Image.Image:
     return mask
 
 
+TOY_MAP_SEED = 2_000_017  # a scene no toy network was trained on: a triangle and a circle
+
+
+def toy_segmentation_map() -> Image.Image:
+    """The segmentation of a toy scene in the VOC palette colours of its classes (circle = class 1, …)."""
+    return Image.fromarray(voc_palette().numpy()[toy_data.scene(TOY_MAP_SEED).segmentation])
+
+
 def main():
     os.makedirs(INPUTS, exist_ok=True)
     for name, make in (
@@ -72,6 +85,7 @@ def main():
         ("ugd_face_reference_astronaut.png", face_reference),
         ("ugd_inpainting_chelsea.png", inpainting_image),
         ("ugd_inpainting_hole.png", inpainting_hole),
+        ("ugd_toy_segmentation_map.png", toy_segmentation_map),
     ):
         path = os.path.join(INPUTS, name)
         make().save(path, optimize=True)

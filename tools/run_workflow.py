@@ -1,9 +1,10 @@
 """Run a workflow headless through ComfyUI and write its images to a folder.
 
-    python tools/run_workflow.py workflows/sd15_segmentation_guidance.json --output output \
+    python tools/run_workflow.py [workflows/sd15_segmentation_guidance.json] --output output \
         [--comfyui PATH] [--input-dir DIR] [--extra-model-paths YAML] [--stand-ins never|if-missing|always]
 
-The workflow may be in the UI format (as saved by the frontend) or the API format ("Export (API)").
+Without a workflow it runs the toy world demo (workflows/toy_world_segmentation_guidance.json), whose models
+ship with the pack. The workflow may be in the UI format (as saved by the frontend) or the API format ("Export (API)").
 Model files come from the ComfyUI's models folders and its extra_model_paths.yaml. When one is missing the run stops and names it,
 unless --stand-ins allows small random-weight stand-in models, built on the spot (and said so loudly).
 Example inputs that a workflow loads (workflows/inputs/) are copied into ComfyUI's input folder when
@@ -40,6 +41,8 @@ DOWNLOADED = {AUTO, DOWNLOAD_PRETRAINED}
 # VAELoader's built-in approximate decoders and the files in models/vae_approx they need.
 VAE_APPROX = {name: (f"{name}_encoder", f"{name}_decoder") for name in ("taesd", "taesdxl")}
 STAND_IN_SIZE, STAND_IN_MAX_STEPS = 64, 10
+DEMO_WORKFLOW = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows",
+                             "toy_world_segmentation_guidance.json")
 
 
 def _vae_approx_missing(name: str, folder_paths) -> list[str]:
@@ -129,7 +132,8 @@ class NodeProgress:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workflow", help="a workflow JSON, UI format or API format")
+    parser.add_argument("workflow", nargs="?", default=DEMO_WORKFLOW,
+                        help="a workflow JSON, UI format or API format (default: the toy world demo, which needs no model files)")
     parser.add_argument("--output", default="output", help="folder for the images (default: output)")
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI folder (default: $COMFYUI_PATH)")
     parser.add_argument("--input-dir", help="ComfyUI's input folder for this run (default: the ComfyUI's own)")

@@ -1,0 +1,131 @@
+"""The toy world in ComfyUI: its trained MODEL and VAE, an empty latent of its size, and its guidance networks.
+
+Everything loads from toy_world/weights in the pack, so these nodes need no model files and no download.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import comfy.latent_formats
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models_base
+
+from ..guidance.classifier import ImageClassifier, Preprocessing
+from ..guidance.segmentation import Segmenter
+from ..toy_world import data, networks
+from ..toy_world.diffusion import LATENT_CHANNELS, LATENT_DOWNSCALE, SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE, WEIGHTS_DIR
+from .classifier_guidance import CLASSIFIER_MODEL
+from .network_weights import LoaderNode, managed
+from .object_location_guidance import DETECTOR_MODEL
+from .segmentation_guidance import SEGMENTATION_MODEL
+
+UNCONDITIONAL = [[torch.zeros(1, 1, 1), {}]]  # the toy UNet has no cross-attention, so its context is never read
+
+
+class ToyLatentFormat(comfy.latent_formats.LatentFormat):
+    """Scale and preview colours of the toy VAE's latents, as measured after its training."""
+
+    def __init__(self):
+        with safe_open(os.path.join(WEIGHTS_DIR, VAE_FILE), "pt") as f:
+            metadata = f.metadata()
+        self.scale_factor = float(metadata["latent_scale_factor"])
+        self.latent_rgb_factors = json.loads(metadata["latent_rgb_factors"])
+
+
+class ToyWorldModelConfig(comfy.supported_models_base.BASE):
+    unet_extra_config = {}
+    sampling_settings = dict(SAMPLING)
+    latent_format = ToyLatentFormat
+    supported_inference_dtypes = [torch.float32]
+
+
+def _weights(name: str) -> dict:
+    return {k: v.float() for k, v in load_file(os.path.join(WEIGHTS_DIR, name)).items()}
+
+
+def toy_model() -> comfy.model_patcher.ModelPatcher:
+    config = ToyWorldModelConfig(copy.deepcopy(UNET_CONFIG))
+    base = config.get_model({})
+    base.diffusion_model.load_state_dict(_weights(UNET_FILE))
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def toy_vae() -> comfy.sd.VAE:
+    vae = comfy.sd.VAE(sd=_weights(VAE_FILE), config={"params": copy.deepcopy(VAE_CONFIG)})
+    vae.downscale_ratio = vae.upscale_ratio = LATENT_DOWNSCALE
+    return vae
+
+
+class ToyWorldLoader(LoaderNode):
+    DESCRIPTION = ("The toy world's diffusion model: a tiny unconditional UNet and VAE, trained by the pack on 64×64 "
+                   "pictures of coloured shapes (toy_world/). No model files needed. Connect `unconditional` to both "
+                   "positive and negative, and use Empty Toy World Latent for the latent.")
+    CATEGORY = "universal_guidance/toy_world"
+    RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING")
+    RETURN_NAMES = ("model", "vae", "unconditional")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        return (toy_model(), toy_vae(), UNCONDITIONAL)
+
+
+class EmptyToyWorldLatent:
+    DESCRIPTION = f"An empty latent for the toy world: {LATENT_CHANNELS}×16×16, a {data.SIZE}×{data.SIZE} picture."
+    CATEGORY = "universal_guidance/toy_world"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"batch_size": ("INT", {"default": 4, "min": 1, "max": 64})}}
+
+    def generate(self, batch_size):
+        side = data.SIZE // LATENT_DOWNSCALE
+        return ({"samples": torch.zeros(batch_size, LATENT_CHANNELS, side, side)},)
+
+
+class ToyWorldGuidanceNetworks(LoaderNode):
+    DESCRIPTION = ("The toy world's guidance networks, trained by the pack, for the usual guidance nodes: a segmenter "
+                   "(background, circle, square, triangle, cross; paint maps in the VOC palette colours of classes 0-4), "
+                   "a classifier of the largest shape's colour and shape ('red circle'), and a box predictor for "
+                   "Object Location Guidance (one box per shape).")
+    CATEGORY = "universal_guidance/toy_world"
+    RETURN_TYPES = (SEGMENTATION_MODEL, CLASSIFIER_MODEL, DETECTOR_MODEL)
+    RETURN_NAMES = ("segmentation_model", "classifier", "detector")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        identity = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the toy networks standardise their input themselves
+        segmenter = Segmenter(networks.load("segmenter"), data.SIZE, *identity, classes=networks.SEGMENTATION_CLASSES)
+        classifier = ImageClassifier(networks.load("classifier"), Preprocessing(data.SIZE, data.SIZE, *identity),
+                                     networks.CLASSIFIER_CLASSES)
+        return (managed(segmenter.eval()), managed(classifier.eval()), managed(networks.load("box_predictor")))
+
+
+NODE_CLASS_MAPPINGS = {
+    "UGDToyWorldLoader": ToyWorldLoader,
+    "UGDEmptyToyWorldLatent": EmptyToyWorldLatent,
+    "UGDToyWorldGuidanceNetworks": ToyWorldGuidanceNetworks,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "UGDToyWorldLoader": "Toy World Loader (model, VAE)",
+    "UGDEmptyToyWorldLatent": "Empty Toy World Latent",
+    "UGDToyWorldGuidanceNetworks": "Toy World Guidance Networks",
+}
