@@ -7,7 +7,7 @@ networks, Universal Guided KSampler; unguided is ComfyUI's KSampler with euler, 
 unguided, once guided. The evaluators (other architectures, trained on other scenes) score both:
 
 - segmentation: mIoU against the target map;
-- classification: accuracy for the target class (colour and shape of the largest object);
+- classification: accuracy, whether the target coloured shape is the evaluator's most likely class;
 - location: IoU of the evaluator's box for each target shape with its target box (0 if it finds none);
 - inpainting: PSNR over the known pixels (backward guidance keeps them);
 - combination: segmentation and classification at once, through Combine Guidance (the mean of both scores).

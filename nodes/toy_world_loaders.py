@@ -5,12 +5,8 @@ Everything loads from toy_world/weights in the pack, so these nodes need no mode
 from __future__ import annotations
 
 import copy
-import json
-import os
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import comfy.latent_formats
 import comfy.model_management
@@ -21,7 +17,8 @@ import comfy.supported_models_base
 from ..guidance.classifier import ImageClassifier, Preprocessing
 from ..guidance.segmentation import Segmenter
 from ..toy_world import data, networks
-from ..toy_world.diffusion import LATENT_CHANNELS, LATENT_DOWNSCALE, SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE, WEIGHTS_DIR
+from ..toy_world.diffusion import (LATENT_CHANNELS, LATENT_DOWNSCALE, SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE,
+                                  latent_metadata, read_weights)
 from .classifier_guidance import CLASSIFIER_MODEL
 from .network_weights import LoaderNode, managed
 from .object_location_guidance import DETECTOR_MODEL
@@ -34,10 +31,7 @@ class ToyLatentFormat(comfy.latent_formats.LatentFormat):
     """Scale and preview colours of the toy VAE's latents, as measured after its training."""
 
     def __init__(self):
-        with safe_open(os.path.join(WEIGHTS_DIR, VAE_FILE), "pt") as f:
-            metadata = f.metadata()
-        self.scale_factor = float(metadata["latent_scale_factor"])
-        self.latent_rgb_factors = json.loads(metadata["latent_rgb_factors"])
+        self.scale_factor, self.latent_rgb_factors = latent_metadata()
 
 
 class ToyWorldModelConfig(comfy.supported_models_base.BASE):
@@ -47,20 +41,16 @@ class ToyWorldModelConfig(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.float32]
 
 
-def _weights(name: str) -> dict:
-    return {k: v.float() for k, v in load_file(os.path.join(WEIGHTS_DIR, name)).items()}
-
-
 def toy_model() -> comfy.model_patcher.ModelPatcher:
     config = ToyWorldModelConfig(copy.deepcopy(UNET_CONFIG))
     base = config.get_model({})
-    base.diffusion_model.load_state_dict(_weights(UNET_FILE))
+    base.diffusion_model.load_state_dict(read_weights(UNET_FILE))
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
 def toy_vae() -> comfy.sd.VAE:
-    vae = comfy.sd.VAE(sd=_weights(VAE_FILE), config={"params": copy.deepcopy(VAE_CONFIG)})
+    vae = comfy.sd.VAE(sd=read_weights(VAE_FILE), config={"params": copy.deepcopy(VAE_CONFIG)})
     vae.downscale_ratio = vae.upscale_ratio = LATENT_DOWNSCALE
     return vae
 
@@ -83,7 +73,8 @@ class ToyWorldLoader(LoaderNode):
 
 
 class EmptyToyWorldLatent:
-    DESCRIPTION = f"An empty latent for the toy world: {LATENT_CHANNELS}×16×16, a {data.SIZE}×{data.SIZE} picture."
+    DESCRIPTION = (f"An empty latent for the toy world: {LATENT_CHANNELS}×{data.SIZE // LATENT_DOWNSCALE}×"
+                   f"{data.SIZE // LATENT_DOWNSCALE}, a {data.SIZE}×{data.SIZE} picture.")
     CATEGORY = "universal_guidance/toy_world"
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "generate"
@@ -100,7 +91,7 @@ class EmptyToyWorldLatent:
 class ToyWorldGuidanceNetworks(LoaderNode):
     DESCRIPTION = ("The toy world's guidance networks, trained by the pack, for the usual guidance nodes: a segmenter "
                    "(background, circle, square, triangle, cross; paint maps in the VOC palette colours of classes 0-4), "
-                   "a classifier of the largest shape's colour and shape ('red circle'), and a box predictor for "
+                   "a classifier of the coloured shapes present ('red circle'), and a box predictor for "
                    "Object Location Guidance (one box per shape).")
     CATEGORY = "universal_guidance/toy_world"
     RETURN_TYPES = (SEGMENTATION_MODEL, CLASSIFIER_MODEL, DETECTOR_MODEL)

@@ -1,12 +1,18 @@
 """The toy world's latent diffusion model: configs for ComfyUI's own AutoencoderKL and UNetModel, kept small.
 
-Plain data, so that the training script and the ComfyUI loader build the very same modules. The VAE maps a
+Plain data, so that the training script and the ComfyUI loader build the very same modules, and the one
+reader of the weight files they share. The VAE maps a
 64×64 image to a 4×16×16 latent; the UNet is unconditional (no attention, so no text context) and predicts
 the noise (EPS) under Stable Diffusion's DDPM schedule.
 """
 from __future__ import annotations
 
+import json
 import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 VAE_FILE, UNET_FILE = "toy_vae.safetensors", "toy_unet.safetensors"
@@ -43,3 +49,15 @@ UNET_CONFIG = {
 }
 # Stable Diffusion's DDPM schedule, which ComfyUI's EPS models use by default.
 SAMPLING = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
+
+
+def read_weights(name: str) -> dict[str, torch.Tensor]:
+    """A state dict from toy_world/weights, in float32 (the files hold half precision)."""
+    return {k: v.float() for k, v in load_file(os.path.join(WEIGHTS_DIR, name)).items()}
+
+
+def latent_metadata() -> tuple[float, list]:
+    """The latent scale factor and preview RGB factors that training measured and stored in the VAE file."""
+    with safe_open(os.path.join(WEIGHTS_DIR, VAE_FILE), "pt") as f:
+        metadata = f.metadata()
+    return float(metadata["latent_scale_factor"]), json.loads(metadata["latent_rgb_factors"])

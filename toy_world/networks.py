@@ -11,15 +11,12 @@ graded by the network it steered (TFG's protocol). Every network takes (B, 3, 64
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
 from . import data
-from .diffusion import WEIGHTS_DIR
+from .diffusion import read_weights
 
 SEGMENTATION_CLASSES = ("background",) + data.SHAPES
 CLASSIFIER_CLASSES = tuple(f"{colour} {shape}" for colour in data.COLOUR_NAMES for shape in data.SHAPES)
@@ -203,8 +200,7 @@ def file_name(kind: str, role: str) -> str:
 def load(kind: str, role: str = "guide") -> torch.nn.Module:
     """A trained network from toy_world/weights, in eval mode and frozen."""
     module = build(kind, role)
-    state = load_file(os.path.join(WEIGHTS_DIR, file_name(kind, role)))
-    module.load_state_dict({k: v.float() for k, v in state.items()})
+    module.load_state_dict(read_weights(file_name(kind, role)))
     return module.eval().requires_grad_(False)
 
 

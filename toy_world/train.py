@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PACK_DIR)
 sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 from toy_world import data, evaluation, networks  # noqa: E402
-from toy_world.diffusion import SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE, WEIGHTS_DIR  # noqa: E402
+from toy_world.diffusion import (SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE, WEIGHTS_DIR,  # noqa: E402
+                                 latent_metadata, read_weights)
 
 TRAIN_SEEDS = range(0, 12_000)                  # the VAE, the UNet and the guidance networks
 EVALUATOR_SEEDS = range(1_000_000, 1_004_000)   # the held-out evaluators see other scenes
@@ -123,12 +123,9 @@ def ddpm_alphas_cumprod() -> torch.Tensor:
 
 
 def trained_vae(autoencoder_module):
-    path = os.path.join(WEIGHTS_DIR, VAE_FILE)
     vae = autoencoder_module.AutoencoderKL(**copy.deepcopy(VAE_CONFIG))
-    vae.load_state_dict({k: v.float() for k, v in load_file(path).items()})
-    with safe_open(path, "pt") as f:
-        scale = float(f.metadata()["latent_scale_factor"])
-    return vae.eval().requires_grad_(False), scale
+    vae.load_state_dict(read_weights(VAE_FILE))
+    return vae.eval().requires_grad_(False), latent_metadata()[0]
 
 
 def train_unet(images: torch.Tensor, steps: int = 4000, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.999) -> None:
