@@ -6,7 +6,9 @@ clones (never through `.data`), and decoding uses `first_stage_model.decode` wit
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -14,9 +16,41 @@ import comfy.model_management
 import comfy.samplers
 
 from ..samplers.autograd_safety import make_autograd_safe
-from ..samplers.universal_guidance import sample_universal_guidance
+from ..samplers.checkpointing import checkpointed, outermost_blocks
+from ..samplers.decoding import DECODE_RESOLUTIONS, at_reduced_resolution
+from ..samplers.precision import AUTOCAST_DTYPES
+from ..samplers.universal_guidance import GRADIENT_PATHS, sample_universal_guidance
 
 log = logging.getLogger(__name__)
+
+# ComfyUI's blocks that gradient checkpointing wraps: the UNet's, the VAE decoder's and TAESD's.
+CHECKPOINTED_BLOCKS = {"ResBlock", "SpatialTransformer", "ResnetBlock", "AttnBlock", "Block"}
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The sampler's speed and memory levers; the defaults are the paper's exact method.
+
+    guidance_every: guide every N-th step only. gradient: "through_unet" or "x0_only".
+    decode_resolution: "full", "half" or "quarter", the guidance decoder's resolution.
+    checkpointing: recompute UNet and decoder activations in the backward pass.
+    autocast: "off", "bf16" or "fp16" for the guided passes.
+    """
+
+    guidance_every: int = 1
+    gradient: str = "through_unet"
+    decode_resolution: str = "full"
+    checkpointing: bool = False
+    autocast: str = "off"
+
+    def __post_init__(self):
+        if self.guidance_every < 1:
+            raise ValueError(f"guidance_every must be at least 1, got {self.guidance_every}.")
+        for name, value, choices in (("gradient", self.gradient, GRADIENT_PATHS),
+                                     ("decode_resolution", self.decode_resolution, tuple(DECODE_RESOLUTIONS)),
+                                     ("autocast", self.autocast, tuple(AUTOCAST_DTYPES))):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
 def vae_scale(vae) -> int:
@@ -73,10 +107,28 @@ def _normal_copies(model, extra_args):
         return {k: v.clone() if torch.is_tensor(v) else v for k, v in (extra_args or {}).items()}
 
 
-def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, guidance, vae, recurrence, base):
+def checkpoint_blocks(base_model, vae) -> list[torch.nn.Module]:
+    """The UNet's and the guidance decoder's blocks that gradient checkpointing wraps."""
+    decoder = vae.first_stage_model
+    decoder = getattr(decoder, "decoder", None) or getattr(decoder, "taesd_decoder", None) or decoder
+    blocks = []
+    for root in (base_model.diffusion_model, decoder):
+        found = outermost_blocks(root, lambda m: type(m).__name__ in CHECKPOINTED_BLOCKS)
+        if not found:
+            log.warning("Universal guidance: no blocks to checkpoint in %s; it runs without checkpointing.",
+                        type(root).__name__)
+        blocks += found
+    return blocks
+
+
+def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, decode_resolution: str = "full"):
+    """Load the UNet, the VAE and the guidance networks, make them autograd-safe, and build the decoder.
+
+    `model` is the denoiser ComfyUI hands a sampler function. Returns (base model, extra_args, decode).
+    """
     base_model = model.inner_model.inner_model
     extra_args = _normal_copies(model, extra_args)
-    check_guidance(guidance, x.shape, vae)
+    check_guidance(guidance, x_shape, vae)
     patcher, networks = _patcher_of(base_model), guidance_patchers(guidance)
     comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [vae.patcher] + networks)
     for module in [base_model, vae.first_stage_model] + [p.model for p in networks]:
@@ -84,26 +136,41 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
     if getattr(comfy.model_management, "sage_attention_enabled", lambda: False)():
         log.warning("Universal guidance: SageAttention has no backward pass, so the guidance gradient loses the "
                     "attention layers' share. Start ComfyUI without --use-sage-attention for exact guidance.")
+    return base_model, extra_args, at_reduced_resolution(make_decoder(base_model, vae), decode_resolution)
+
+
+def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, guidance, vae, recurrence, base,
+            speed: SpeedOptions):
+    base_model, extra_args, decode = prepare_guided_sampling(model, x.shape, extra_args, guidance, vae,
+                                                             speed.decode_resolution)
+    blocks = checkpoint_blocks(base_model, vae) if speed.checkpointing else []
     try:
-        return sample_universal_guidance(
-            model, x, sigmas, extra_args, callback, disable,
-            guidance=guidance,
-            decode=make_decoder(base_model, vae),
-            noise_scaling=base_model.model_sampling.noise_scaling,
-            recurrence=recurrence,
-            base=base,
-            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-            update_mask=extra_args.get("denoise_mask"),
-        )
+        with checkpointed(blocks) if blocks else contextlib.nullcontext():
+            return sample_universal_guidance(
+                model, x, sigmas, extra_args, callback, disable,
+                guidance=guidance,
+                decode=decode,
+                noise_scaling=base_model.model_sampling.noise_scaling,
+                recurrence=recurrence,
+                base=base,
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                update_mask=extra_args.get("denoise_mask"),
+                guidance_every=speed.guidance_every,
+                gradient=speed.gradient,
+                autocast=speed.autocast,
+            )
     except torch.OutOfMemoryError:
         # Re-raised unchanged so that ComfyUI still frees its models; this says what to change.
-        log.error("Universal guidance ran out of memory in a backward pass. Lower the resolution or batch size, "
-                  "give the sampler a TAESD guidance_vae, or use fewer backward steps.")
+        log.error("Universal guidance ran out of memory in a backward pass. Turn on checkpointing, give the "
+                  "sampler a TAESD guidance_vae or a lower decode_resolution, use gradient x0_only, or lower the "
+                  "resolution, batch size or backward steps.")
         raise
 
 
-def universal_guidance_sampler(guidance, vae, recurrence: int, base: str) -> comfy.samplers.KSAMPLER:
+def universal_guidance_sampler(guidance, vae, recurrence: int, base: str,
+                               speed: SpeedOptions = SpeedOptions()) -> comfy.samplers.KSAMPLER:
     """A ComfyUI SAMPLER running universal guidance; `vae` decodes for the guidance loss."""
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
-    return comfy.samplers.KSAMPLER(_sample, extra_options={"guidance": guidance, "vae": vae, "recurrence": recurrence, "base": base})
+    return comfy.samplers.KSAMPLER(_sample, extra_options={"guidance": guidance, "vae": vae, "recurrence": recurrence,
+                                                           "base": base, "speed": speed})

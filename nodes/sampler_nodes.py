@@ -7,14 +7,38 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..samplers.universal_guidance import BASE_STEPS
-from .comfy_host import check_guidance, guidance_patchers, universal_guidance_sampler
+from ..samplers.decoding import DECODE_RESOLUTIONS
+from ..samplers.precision import AUTOCAST_DTYPES
+from ..samplers.universal_guidance import BASE_STEPS, GRADIENT_PATHS
+from .comfy_host import SpeedOptions, check_guidance, guidance_patchers, universal_guidance_sampler
 from .guidance_settings import GUIDANCE
 
 RECURRENCE = ("INT", {"default": 1, "min": 1, "max": 100,
                       "tooltip": "k: denoising passes per step while guidance is active, re-noising in between (paper eq. 10). 1 = no recurrence."})
 BASE = (list(BASE_STEPS), {"default": "ddim", "tooltip": "ddim: deterministic DDIM (η = 0). ddpm: ancestral DDPM-like step (η = 1)."})
 GUIDANCE_VAE = ("VAE", {"tooltip": "Optional VAE used only to decode for the guidance loss, e.g. TAESD from Load VAE: faster, less exact."})
+# Speed and memory levers; the defaults are the paper's exact method (README: Speed and memory).
+SPEED_INPUTS = {
+    "guidance_every": ("INT", {"default": 1, "min": 1, "max": 1000,
+                               "tooltip": "Guide only every N-th step (1 = every step); the steps between are plain "
+                                          "DDIM/DDPM steps. For a step window, set start/end_percent on the guidance."}),
+    "gradient": (list(GRADIENT_PATHS), {"default": "through_unet",
+                                        "tooltip": "through_unet: the paper's gradient, back through the UNet. x0_only: "
+                                                   "the gradient at the predicted clean latent, no UNet backward "
+                                                   "(MPGD's shortcut): cheaper and lighter, an approximation."}),
+    "decode_resolution": (list(DECODE_RESOLUTIONS), {"default": "full",
+                                                     "tooltip": "Decode for the guidance loss at full, half or quarter "
+                                                                "resolution: the decoder costs 4× or 16× less, the "
+                                                                "loss sees less detail."}),
+    "checkpointing": ("BOOLEAN", {"default": False,
+                                  "tooltip": "Gradient checkpointing of the UNet and the guidance decoder: their "
+                                             "activations are recomputed in the backward pass instead of kept. Much "
+                                             "less memory, some more time. The result is the same."}),
+    "autocast": (list(AUTOCAST_DTYPES), {"default": "off",
+                                         "tooltip": "Run the guided passes under bf16 or fp16 autocast (for GPUs; fp16 "
+                                                    "with loss scaling). A pass that is not finite is redone in full "
+                                                    "precision."}),
+}
 
 
 def _sigmas(model, scheduler: str, steps: int, denoise: float):
@@ -53,17 +77,17 @@ class UniversalGuidedKSampler:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
                 "recurrence": RECURRENCE,
             },
-            "optional": {"guidance_vae": GUIDANCE_VAE},
+            "optional": {"guidance_vae": GUIDANCE_VAE, **SPEED_INPUTS},
         }
 
     def sample(self, model, vae, positive, negative, latent_image, guidance, seed, steps, cfg, sampler,
-               scheduler, denoise, recurrence, guidance_vae=None):
+               scheduler, denoise, recurrence, guidance_vae=None, **speed):
         decoder_vae = guidance_vae or vae
         latent = latent_image["samples"]
         if hasattr(comfy.sample, "fix_empty_latent_channels"):
             latent = comfy.sample.fix_empty_latent_channels(model, latent)
         check_guidance(guidance, latent.shape, decoder_vae)
-        ksampler = universal_guidance_sampler(guidance, decoder_vae, recurrence, sampler)
+        ksampler = universal_guidance_sampler(guidance, decoder_vae, recurrence, sampler, SpeedOptions(**speed))
         extra_models = [decoder_vae.patcher] + guidance_patchers(guidance)
         if hasattr(model, "set_additional_models"):  # loads them in the same call as the UNet
             model = model.clone()
@@ -99,10 +123,11 @@ class UniversalGuidanceSampler:
                 "sampler": BASE,
                 "recurrence": RECURRENCE,
             },
+            "optional": SPEED_INPUTS,
         }
 
-    def get_sampler(self, vae, guidance, sampler, recurrence):
-        return (universal_guidance_sampler(guidance, vae, recurrence, sampler),)
+    def get_sampler(self, vae, guidance, sampler, recurrence, **speed):
+        return (universal_guidance_sampler(guidance, vae, recurrence, sampler, SpeedOptions(**speed)),)
 
 
 NODE_CLASS_MAPPINGS = {

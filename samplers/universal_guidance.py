@@ -7,6 +7,10 @@ Per step, k times (self-recurrence, eq. 10):
   2. backward guidance (eq. 7–9): x0' += Δ_i,  Δ_i ≈ argmin_Δ ℓ_i(decode(x0' + Δ)), m_i optimiser steps
   3. base step from σ to σ' with x0' (DDIM, or DDPM-like when η > 0)
   4. unless it is the last pass, re-noise back to σ.
+
+Cheaper variants (options, off by default): forward guidance with the gradient taken at x0 instead of
+through the denoiser ("x0_only", MPGD's shortcut: ∇ₓℓ ≈ ∇_{x0}ℓ / a, as if the predicted noise did not
+depend on x), guidance on every N-th step only, and the guided passes under autocast.
 """
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ import torch
 from tqdm.auto import trange
 
 from .autograd_safety import clone_saved_activations, is_inplace_autograd_error
+from .decoding import Decode
 from .parameterization import NoiseScaling, alpha_bar, forward_guidance_scale, noise_coefficients
+from .precision import GuidancePrecision
 from .terms import BoundLoss, GuidanceTerm
 
 log = logging.getLogger(__name__)
 
-Decode = Callable[[torch.Tensor], torch.Tensor]
 BASE_STEPS = ("ddim", "ddpm")
+GRADIENT_PATHS = ("through_unet", "x0_only")
 _RECURRENCE_SEED_SALT = 0x9E3779B97F4A7C15  # keeps re-noising noise apart from the initial noise of the same seed
 
 
@@ -98,21 +104,32 @@ class GuidedDenoiser:
         decode: differentiable `x0 -> image (B, 3, H, W)` in [0, 1].
         extra_args: passed to the model.
         check_interrupt: raises to stop; called before every backward step.
-        update_mask: 1 where backward guidance may change x0, 0 where it must not.
+        update_mask: 1 where guidance may change x0 without the denoiser's say, 0 where it must not.
         clone_saved: clone saved activations from the start (see `clone_saved_activations`).
+        gradient: "through_unet" (eq. 6 exactly) or "x0_only" (no backward pass through the denoiser).
+        precision: autocast and loss scaling of the guided passes; full precision by default.
     """
 
     def __init__(self, model, decode: Decode, extra_args: dict, check_interrupt=lambda: None,
-                 update_mask: torch.Tensor | None = None, clone_saved: bool = False):
+                 update_mask: torch.Tensor | None = None, clone_saved: bool = False,
+                 gradient: str = "through_unet", precision: GuidancePrecision | None = None):
+        if gradient not in GRADIENT_PATHS:
+            raise ValueError(f"Unknown gradient path {gradient!r}: use one of {GRADIENT_PATHS}.")
         self.model, self.decode, self.extra_args = model, decode, extra_args
         self.check_interrupt, self.update_mask = check_interrupt, update_mask
+        self.gradient, self.precision = gradient, precision or GuidancePrecision()
         self.autograd, self.warn = _Autograd(clone_saved), _WarnOnce()
 
     def __call__(self, x, sigma, active: Sequence[tuple[GuidanceTerm, BoundLoss]], a: float, b: float):
         """x0 after forward guidance, then backward guidance, by the active (term, bound loss) pairs."""
         scales = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active]
         weighted = [(t, fn, c) for t, fn, c in scales if c > 0]
-        x0 = self.forward_guided(x, sigma, weighted) if weighted else self.model(x, sigma, **self.extra_args)
+        if not weighted:
+            x0 = self.model(x, sigma, **self.extra_args)
+        elif self.gradient == "x0_only":
+            x0 = self.forward_guided_at_x0(self.model(x, sigma, **self.extra_args), weighted, a)
+        else:
+            x0 = self.forward_guided(x, sigma, weighted)
         deltas = []
         for term, loss_fn in active:
             if term.backward_steps > 0:
@@ -123,45 +140,97 @@ class GuidedDenoiser:
                     deltas.append(delta)
         return x0 + sum(deltas) if deltas else x0
 
+    def _in_precision(self, compute: Callable[[bool], Any]) -> Any:
+        """compute(reduced) under autocast when asked for; redone in full precision if it returns None then."""
+        if self.precision.reduced:
+            result = self.autograd.run(lambda: compute(True))
+            if result is not None:
+                return result
+            self.precision.non_finite()
+        return self.autograd.run(lambda: compute(False))
+
+    def _weighted_losses(self, image, weighted_losses, reduced: bool):
+        """[(term, c_i·Σ ℓ_i(image))] of the terms whose loss is finite (the others are warned about).
+
+        Returns None if a loss is not finite under reduced precision (the caller redoes it in full).
+        """
+        weighted = []
+        for term, loss_fn, scale in weighted_losses:
+            loss = _checked_loss(loss_fn, image, term).float()
+            if torch.isfinite(loss).all():
+                weighted.append((term, scale * loss.sum()))
+            elif reduced:
+                return None
+            else:
+                self.warn(term, "loss")
+        return weighted
+
+    def _weighted_gradient(self, weighted, leaf, reduced: bool):
+        """∇_leaf of the weighted losses, leaving out terms whose gradient is not finite (with a warning).
+
+        Returns None if the gradient is not finite under reduced precision.
+        """
+        if weighted is None:
+            return None
+        if not weighted:
+            return torch.zeros_like(leaf)
+        grad = self.precision.gradient(sum(w for _, w in weighted), leaf, reduced, retain_graph=len(weighted) > 1)
+        if torch.isfinite(grad).all():
+            return grad
+        if reduced:
+            return None
+        grad = torch.zeros_like(leaf)  # find the culprit; keep the others
+        for term, w in weighted:
+            g = self.precision.gradient(w, leaf, False, retain_graph=True)
+            if torch.isfinite(g).all():
+                grad = grad + g
+            else:
+                self.warn(term, "gradient")
+        return grad
+
     def forward_guided(self, x, sigma, weighted_losses):
         """Eq. 6: the denoiser's x0 minus Σ c_i·∇ₓℓ_i, the gradient taken through the denoiser and decoder.
 
         `weighted_losses` holds (term, loss, c_i) with c_i from `forward_guidance_scale`.
         """
 
-        def compute():
+        def compute(reduced: bool):
             x_in = x.detach().clone().requires_grad_(True)
-            x0 = self.model(x_in, sigma, **self.extra_args)
-            image = self.decode(x0)
-            weighted = []
-            for term, loss_fn, scale in weighted_losses:
-                loss = _checked_loss(loss_fn, image, term)
-                if torch.isfinite(loss).all():
-                    weighted.append((term, scale * loss.sum()))
-                else:
-                    self.warn(term, "loss")
-            if not weighted:
-                return x0.detach()
-            (grad,) = torch.autograd.grad(sum(w for _, w in weighted), x_in, retain_graph=len(weighted) > 1)
-            if not torch.isfinite(grad).all():  # find the culprit; keep the others
-                grad = torch.zeros_like(x_in)
-                for term, w in weighted:
-                    (g,) = torch.autograd.grad(w, x_in, retain_graph=True)
-                    if torch.isfinite(g).all():
-                        grad = grad + g
-                    else:
-                        self.warn(term, "gradient")
-            return (x0 - grad).detach()
+            with self.precision.autocast(reduced):
+                x0 = self.model(x_in, sigma, **self.extra_args)
+                weighted = self._weighted_losses(self.decode(x0), weighted_losses, reduced)
+            grad = self._weighted_gradient(weighted, x_in, reduced)
+            return None if grad is None else (x0.to(x.dtype) - grad).detach()
 
-        return self.autograd.run(compute)
+        return self._in_precision(compute)
+
+    def forward_guided_at_x0(self, x0, weighted_losses, a: float):
+        """Eq. 6 without the denoiser's backward pass: x0 − Σ c_i·∇_{x0}ℓ_i / a (∂x0/∂x taken as I/a).
+
+        The gradient is confined to the update mask, as the denoiser's own mask would confine it.
+        """
+
+        def compute(reduced: bool):
+            x0_in = x0.detach().clone().requires_grad_(True)
+            with self.precision.autocast(reduced):
+                weighted = self._weighted_losses(self.decode(x0_in), weighted_losses, reduced)
+            grad = self._weighted_gradient(weighted, x0_in, reduced)
+            if grad is None:
+                return None
+            if self.update_mask is not None:
+                grad = grad * self.update_mask
+            return (x0 - grad / a).detach()
+
+        return self._in_precision(compute)
 
     def backward_delta(self, x0, term: GuidanceTerm, loss_fn: BoundLoss):
         """Eq. 7–9: Δ ≈ argmin_Δ ℓ(decode(x0 + Δ)) by `term.backward_steps` optimiser steps from Δ = 0.
 
         Δ is confined to the update mask. Returns None when the loss or its gradient is not finite.
         """
+        non_finite = object()
 
-        def compute():
+        def compute(reduced: bool):
             base = x0.detach().clone()
             mask = None if self.update_mask is None else self.update_mask.clone()
             delta = torch.zeros_like(base, requires_grad=True)
@@ -170,17 +239,17 @@ class GuidedDenoiser:
             for _ in range(term.backward_steps):
                 self.check_interrupt()
                 masked = delta if mask is None else delta * mask
-                loss = _checked_loss(loss_fn, self.decode(base + masked), term)
-                if not torch.isfinite(loss).all():
-                    return None
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
-                if not torch.isfinite(grad).all():
-                    return None
+                with self.precision.autocast(reduced):
+                    loss = _checked_loss(loss_fn, self.decode(base + masked), term).float()
+                grad = self.precision.gradient(loss.sum(), delta, reduced) if torch.isfinite(loss).all() else None
+                if grad is None or not torch.isfinite(grad).all():
+                    return None if reduced else non_finite
                 delta.grad = grad
                 optimizer.step()
             return (delta if mask is None else delta * mask).detach()
 
-        return self.autograd.run(compute)
+        result = self._in_precision(compute)
+        return None if result is non_finite else result
 
 
 def sample_universal_guidance(
@@ -201,6 +270,9 @@ def sample_universal_guidance(
     check_interrupt: Callable[[], None] = lambda: None,
     clone_saved: bool = False,
     update_mask: torch.Tensor | None = None,
+    guidance_every: int = 1,
+    gradient: str = "through_unet",
+    autocast: str = "off",
 ) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
@@ -218,9 +290,14 @@ def sample_universal_guidance(
         clone_saved: clone saved activations from the start (see `clone_saved_activations`).
         update_mask: 1 where backward guidance may change x0, 0 where it must not (e.g. an inpainting
             mask, which the denoiser already applies to its own output and to forward guidance).
+        guidance_every: guide only steps 0, N, 2N, …; the others are plain steps, taken once.
+        gradient: "through_unet" (eq. 6) or "x0_only" (forward guidance without the denoiser's backward).
+        autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
     """
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
+    if guidance_every < 1:
+        raise ValueError(f"guidance_every must be at least 1, got {guidance_every}.")
     if base not in BASE_STEPS:
         raise ValueError(f"Unknown base step {base!r}: use one of {BASE_STEPS}.")
     eta = (1.0 if base == "ddpm" else 0.0) if eta is None else eta
@@ -235,14 +312,16 @@ def sample_universal_guidance(
 
     with torch.inference_mode(False):
         bound = [(term, term.loss.bind(x.device)) for term in guidance]
-    guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved)
+    precision = GuidancePrecision(autocast, x.device.type)
+    guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved, gradient, precision)
     s_in = x.new_ones([x.shape[0]])
     steps = len(sigmas) - 1
     for i in trange(steps, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a, b = noise_coefficients(noise_scaling, sigma)
         a_next, b_next = noise_coefficients(noise_scaling, sigma_next)
-        active = [(term, fn) for term, fn in bound if term.active_at(i, steps)]
+        guided_step = i % guidance_every == 0
+        active = [(term, fn) for term, fn in bound if guided_step and term.active_at(i, steps)]
         passes = recurrence if active else 1
         for r in range(passes):
             check_interrupt()

@@ -1,0 +1,96 @@
+"""The sampler nodes' speed and memory levers on the toy world's real ComfyUI UNet and VAE (COMFYUI_PATH):
+each lever samples finite latents of the right shape that guidance has moved, checkpointing gives the default
+path's result, and the host's modules are as they were afterwards."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+SEED, STEPS = 3, 6
+SETTINGS = dict(weight=100.0, schedule="paper", backward_steps=1, backward_lr=0.1, optimizer="adam",
+                start_percent=0.0, end_percent=1.0)
+
+
+def node(comfy, name):
+    return comfy.nodes.NODE_CLASS_MAPPINGS[name]()
+
+
+@pytest.fixture(scope="module")
+def toy(comfy):
+    with torch.inference_mode():
+        model, vae, unconditional = node(comfy, "UGDToyWorldLoader").load()
+        segmenter, _, _ = node(comfy, "UGDToyWorldGuidanceNetworks").load()
+        (latent,) = node(comfy, "UGDEmptyToyWorldLatent").generate(2)
+        mask = torch.zeros(1, 64, 64)
+        mask[:, 8:40, 8:40] = 1
+        (guidance,) = node(comfy, "UGDSegmentationGuidance").guide(segmenter, "circle", "background", mask=mask, **SETTINGS)
+    return dict(model=model, vae=vae, positive=unconditional, negative=unconditional, latent_image=latent,
+                guidance=guidance)
+
+
+def guided(comfy, toy, **speed):
+    with torch.inference_mode():
+        (out,) = node(comfy, "UniversalGuidedKSampler").sample(
+            seed=SEED, steps=STEPS, cfg=1.0, sampler="ddim", scheduler="normal", denoise=1.0, recurrence=2,
+            **toy, **speed)
+    return out["samples"]
+
+
+def unguided(comfy, toy):
+    with torch.inference_mode():
+        (out,) = node(comfy, "KSampler").sample(toy["model"], SEED, STEPS, 1.0, "euler", "normal", toy["positive"],
+                                                toy["negative"], toy["latent_image"], denoise=1.0)
+    return out["samples"]
+
+
+def instance_forwards(toy):
+    modules = list(toy["model"].model.modules()) + list(toy["vae"].first_stage_model.modules())
+    return [type(m).__name__ for m in modules if "forward" in m.__dict__]
+
+
+def test_checkpointing_gives_the_default_result_and_leaves_the_modules_as_they_were(comfy, toy):
+    comfy_host = comfy.pack_module("nodes.comfy_host")
+    blocks = comfy_host.checkpoint_blocks(toy["model"].model, toy["vae"])
+    names = {type(b).__name__ for b in blocks}
+    assert {"ResBlock", "ResnetBlock"} <= names, names
+    plain_before = unguided(comfy, toy)
+    default = guided(comfy, toy)
+    with_checkpointing = guided(comfy, toy, checkpointing=True)
+    torch.testing.assert_close(with_checkpointing, default, rtol=1e-4, atol=1e-4)
+    assert instance_forwards(toy) == []
+    torch.testing.assert_close(unguided(comfy, toy), plain_before)  # the next node finds the same model
+
+
+@pytest.mark.parametrize("speed", [
+    dict(gradient="x0_only"),
+    dict(decode_resolution="half"),
+    dict(decode_resolution="quarter"),
+    dict(guidance_every=2),
+    dict(autocast="bf16"),
+    dict(gradient="x0_only", decode_resolution="half", guidance_every=2, checkpointing=True),
+], ids=lambda speed: ",".join(f"{k}={v}" for k, v in speed.items()))
+def test_each_lever_samples_finite_guided_latents(comfy, toy, speed):
+    samples = guided(comfy, toy, **speed)
+    assert samples.shape == (2, 4, 16, 16) and samples.dtype == torch.float32
+    assert torch.isfinite(samples).all()
+    assert (samples - unguided(comfy, toy)).abs().mean() > 1e-2  # guidance still acts
+    assert instance_forwards(toy) == []
+
+
+def test_the_sampler_node_for_custom_sampling_takes_the_same_levers(comfy, toy):
+    with torch.inference_mode():
+        (sampler,) = node(comfy, "UGDUniversalGuidanceSampler").get_sampler(
+            toy["vae"], toy["guidance"], "ddim", 1, gradient="x0_only", guidance_every=3, checkpointing=True)
+    speed = sampler.extra_options["speed"]
+    assert (speed.gradient, speed.guidance_every, speed.checkpointing) == ("x0_only", 3, True)
+
+
+@pytest.mark.parametrize("speed, message", [
+    (dict(guidance_every=0), "guidance_every must be at least 1"),
+    (dict(gradient="backwards"), "gradient must be one of"),
+    (dict(decode_resolution="tiny"), "decode_resolution must be one of"),
+    (dict(autocast="int8"), "autocast must be one of"),
+])
+def test_bad_lever_settings_are_rejected_before_sampling(comfy, toy, speed, message):
+    with pytest.raises(ValueError, match=message):
+        guided(comfy, toy, **speed)
