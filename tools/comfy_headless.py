@@ -72,15 +72,16 @@ class ComfyHost:
     """A ComfyUI loaded in-process: `run(prompt)` validates and executes an API-format prompt."""
 
     def __init__(self, comfyui_path: str, output_dir: str | None = None, input_dir: str | None = None,
-                 extra_model_paths: list[str] | None = None):
-        """extra_model_paths: ComfyUI's extra_model_paths.yaml files; by default the ComfyUI's own, if it has one."""
+                 extra_model_paths: list[str] | None = None, cli_args: tuple[str, ...] = ("--cpu",)):
+        """extra_model_paths: ComfyUI's extra_model_paths.yaml files; by default the ComfyUI's own, if it has one.
+        cli_args: ComfyUI's command-line options (main.py's), by default CPU only."""
         self.path = os.path.abspath(comfyui_path)
         if not os.path.isfile(os.path.join(self.path, "execution.py")):
             raise FileNotFoundError(f"No ComfyUI at {self.path}: set COMFYUI_PATH to a ComfyUI checkout.")
         if "comfy" in sys.modules:
             raise RuntimeError("ComfyUI is already imported in this process; create one ComfyHost per process.")
         sys.path.insert(0, self.path)
-        argv = ["main.py", "--cpu"]
+        argv = ["main.py", *cli_args]
         if os.path.isdir(os.path.join(self.path, "comfy_api_nodes")):
             argv.append("--disable-api-nodes")
         saved_argv, sys.argv = sys.argv, argv
