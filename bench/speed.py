@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
@@ -185,11 +186,23 @@ def build(host, size: int, batch: int):
                 noise=torch.randn(batch, 4, size // 8, size // 8, generator=generator))
 
 
-def _sigmas(model):
+def _pack(host) -> types.SimpleNamespace:
+    """The pack's modules as ComfyUI imported them."""
+    return types.SimpleNamespace(
+        comfy_host=host.pack_module("nodes.comfy_host"),
+        engine=host.pack_module("samplers.universal_guidance"),
+        checkpointing=host.pack_module("samplers.checkpointing"),
+        decoding=host.pack_module("samplers.decoding"),
+        GuidancePrecision=host.pack_module("samplers.precision").GuidancePrecision,
+        noise_coefficients=host.pack_module("samplers.parameterization").noise_coefficients,
+    )
+
+
+def _sigmas(model, timestep: float, next_timestep: float):
     import torch
 
     sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else model.model.model_sampling
-    return sampling.sigma(torch.tensor([TIMESTEP, NEXT_TIMESTEP])).float()
+    return sampling.sigma(torch.tensor([timestep, next_timestep])).float()
 
 
 def measure(host, built: dict, names: list[str], meter: Meter) -> None:
@@ -199,25 +212,20 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
     import comfy.sample
     import comfy.samplers
 
-    comfy_host = host.pack_module("nodes.comfy_host")
-    engine = host.pack_module("samplers.universal_guidance")
-    checkpointing = host.pack_module("samplers.checkpointing")
-    decoding = host.pack_module("samplers.decoding")
-    GuidancePrecision = host.pack_module("samplers.precision").GuidancePrecision
-    noise_coefficients = host.pack_module("samplers.parameterization").noise_coefficients
+    pack = _pack(host)
 
     def bench_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
         guidance = built["clip"] + built["segmentation"]
-        base_model, extra_args, decode = comfy_host.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["vae"])
-        _, _, decode_taesd = comfy_host.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["taesd_vae"])
+        base_model, extra_args, decode = pack.comfy_host.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["vae"])
+        _, _, decode_taesd = pack.comfy_host.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["taesd_vae"])
         with torch.inference_mode(False):
             clip_loss = built["clip"][0].loss.bind(x.device)
             segmentation_loss = built["segmentation"][0].loss.bind(x.device)
         active = [(built["clip"][0], clip_loss)]
         noise_scaling = base_model.model_sampling.noise_scaling
         sigma = sigmas[0] * x.new_ones([x.shape[0]])
-        a, b = noise_coefficients(noise_scaling, sigmas[0])
-        a_next, b_next = noise_coefficients(noise_scaling, sigmas[1])
+        a, b = pack.noise_coefficients(noise_scaling, sigmas[0])
+        a_next, b_next = pack.noise_coefficients(noise_scaling, sigmas[1])
         generator = torch.Generator().manual_seed(1)
         image_size = (x.shape[0], 3, x.shape[2] * 8, x.shape[3] * 8)
         with torch.inference_mode(False):  # autograd saves these for backward
@@ -225,11 +233,11 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
             image_direction = torch.randn(image_size, generator=generator).to(x)
             image = torch.rand(image_size, generator=generator).to(x)
         x0_plain = model(x, sigma, **extra_args).clone()
-        exact = engine.GuidedDenoiser(model, decode, extra_args)
+        exact = pack.engine.GuidedDenoiser(model, decode, extra_args)
         autograd = exact.autograd  # one runner, so every measurement clones saved activations if the host needs it
 
         def step(x0):
-            return engine.base_step(x, x0, a, b, a_next, b_next)
+            return pack.engine.base_step(x, x0, a, b, a_next, b_next)
 
         def gradient_of(output_fn, leaf_value, direction=None):
             def compute():
@@ -241,12 +249,12 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
 
         def guided_step(denoiser, blocks=()):
             def run():
-                with checkpointing.checkpointed(blocks):
+                with pack.checkpointing.checkpointed(blocks):
                     return step(denoiser(x, sigma, active, a, b))
             return run
 
         def denoiser(decoder, **options):
-            return engine.GuidedDenoiser(model, decoder, extra_args, clone_saved=autograd.clone_saved, **options)
+            return pack.engine.GuidedDenoiser(model, decoder, extra_args, clone_saved=autograd.clone_saved, **options)
 
         def clip_through(decoder):
             return gradient_of(lambda x0: clip_loss(decoder(x0)).sum(), x0_plain)
@@ -260,15 +268,15 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
             "segmentation": gradient_of(lambda im: segmentation_loss(im).sum(), image),
             "decoder_vae": clip_through(decode),
             "decoder_taesd": clip_through(decode_taesd),
-            "decoder_vae_half": clip_through(decoding.at_reduced_resolution(decode, "half")),
-            "decoder_vae_quarter": clip_through(decoding.at_reduced_resolution(decode, "quarter")),
+            "decoder_vae_half": clip_through(pack.decoding.at_reduced_resolution(decode, "half")),
+            "decoder_vae_quarter": clip_through(pack.decoding.at_reduced_resolution(decode, "quarter")),
             "guided": guided_step(exact),
-            "guided_checkpointing": guided_step(exact, comfy_host.checkpoint_blocks(base_model, built["vae"])),
+            "guided_checkpointing": guided_step(exact, pack.comfy_host.checkpoint_blocks(base_model, built["vae"])),
             "guided_x0_only": guided_step(denoiser(decode, gradient="x0_only")),
             "guided_taesd": guided_step(denoiser(decode_taesd)),
             "guided_taesd_x0_only": guided_step(denoiser(decode_taesd, gradient="x0_only")),
-            "guided_bf16": guided_step(denoiser(decode, precision=GuidancePrecision("bf16", device_type))),
-            "guided_fp16": guided_step(denoiser(decode, precision=GuidancePrecision("fp16", device_type))),
+            "guided_bf16": guided_step(denoiser(decode, precision=pack.GuidancePrecision("bf16", device_type))),
+            "guided_fp16": guided_step(denoiser(decode, precision=pack.GuidancePrecision("fp16", device_type))),
         }
         outputs = {}
         for name in names:
@@ -278,13 +286,14 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
                         functions[part]()
                         meter.warm.add(part)
             outputs[name] = meter.run(name, functions[name], warm_up=name in PARTS)
-        print("AGREEMENT " + json.dumps(agreement(torch, outputs)), flush=True)
-        print("HOST " + json.dumps({"clone_saved": autograd.clone_saved, "device": str(x.device)}), flush=True)
+            # After every measurement, so that what is known survives a process stopped over the memory limit.
+            print("AGREEMENT " + json.dumps(agreement(torch, outputs)), flush=True)
+            print("HOST " + json.dumps({"clone_saved": autograd.clone_saved}), flush=True)
         return x
 
     model = built["model"]
     with torch.inference_mode():
-        comfy.sample.sample_custom(model, built["noise"], CFG, comfy.samplers.KSAMPLER(bench_sampler), _sigmas(model),
+        comfy.sample.sample_custom(model, built["noise"], CFG, comfy.samplers.KSAMPLER(bench_sampler), _sigmas(model, TIMESTEP, NEXT_TIMESTEP),
                                    built["positive"], built["negative"], built["latent"], disable_pbar=True, seed=0)
 
 
@@ -323,12 +332,7 @@ def toy_agreement(host) -> dict:
     import comfy.samplers
 
     nodes = host.nodes.NODE_CLASS_MAPPINGS
-    comfy_host = host.pack_module("nodes.comfy_host")
-    engine = host.pack_module("samplers.universal_guidance")
-    checkpointing = host.pack_module("samplers.checkpointing")
-    decoding = host.pack_module("samplers.decoding")
-    GuidancePrecision = host.pack_module("samplers.precision").GuidancePrecision
-    noise_coefficients = host.pack_module("samplers.parameterization").noise_coefficients
+    pack = _pack(host)
     with torch.inference_mode():
         model, vae, unconditional = nodes["UGDToyWorldLoader"]().load()
         segmenter, _, _ = nodes["UGDToyWorldGuidanceNetworks"]().load()
@@ -340,24 +344,24 @@ def toy_agreement(host) -> dict:
     result = {}
 
     def agreement_sampler(model_fn, x, sigmas, extra_args=None, callback=None, disable=None):
-        base_model, extra_args, decode = comfy_host.prepare_guided_sampling(model_fn, x.shape, extra_args, guidance, vae)
+        base_model, extra_args, decode = pack.comfy_host.prepare_guided_sampling(model_fn, x.shape, extra_args, guidance, vae)
         with torch.inference_mode(False):
             active = [(guidance[0], guidance[0].loss.bind(x.device))]
         sigma = sigmas[0] * x.new_ones([x.shape[0]])
-        a, b = noise_coefficients(base_model.model_sampling.noise_scaling, sigmas[0])
+        a, b = pack.noise_coefficients(base_model.model_sampling.noise_scaling, sigmas[0])
         plain = model_fn(x, sigma, **extra_args)
 
         def update(decoder=decode, blocks=(), **options):
-            with checkpointing.checkpointed(blocks):
-                return engine.GuidedDenoiser(model_fn, decoder, extra_args, **options)(x, sigma, active, a, b) - plain
+            with pack.checkpointing.checkpointed(blocks):
+                return pack.engine.GuidedDenoiser(model_fn, decoder, extra_args, **options)(x, sigma, active, a, b) - plain
 
         exact = update()
         variants = {
-            "guided_checkpointing": update(blocks=comfy_host.checkpoint_blocks(base_model, vae)),
+            "guided_checkpointing": update(blocks=pack.comfy_host.checkpoint_blocks(base_model, vae)),
             "guided_x0_only": update(gradient="x0_only"),
-            "decoder_vae_half": update(decoding.at_reduced_resolution(decode, "half")),
-            "decoder_vae_quarter": update(decoding.at_reduced_resolution(decode, "quarter")),
-            "guided_bf16": update(precision=GuidancePrecision("bf16", x.device.type)),
+            "decoder_vae_half": update(pack.decoding.at_reduced_resolution(decode, "half")),
+            "decoder_vae_quarter": update(pack.decoding.at_reduced_resolution(decode, "quarter")),
+            "guided_bf16": update(precision=pack.GuidancePrecision("bf16", x.device.type)),
         }
         for name, value in variants.items():
             result[name] = _cosine(torch, value, exact)
@@ -366,8 +370,7 @@ def toy_agreement(host) -> dict:
     noise = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         for timestep in (800.0, 500.0, 200.0):
-            sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else model.model.model_sampling
-            sigmas = sampling.sigma(torch.tensor([timestep, timestep - 20])).float()
+            sigmas = _sigmas(model, timestep, timestep - 20)
             comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.KSAMPLER(agreement_sampler), sigmas,
                                        unconditional, unconditional, torch.zeros_like(noise), disable_pbar=True, seed=0)
             print("TOY " + json.dumps({"timestep": timestep, **result}), flush=True)
@@ -470,6 +473,13 @@ def _cell(results, name) -> str:
     return text if record["finite"] else text + ", NOT FINITE"
 
 
+def _versus(results, name, reference, value) -> str:
+    """value(name) / value(reference) for the lever table, or why there is none."""
+    if results.get(reference, {}).get("over_limit"):
+        return "exact over the limit"
+    return _ratio(value(results, name), value(results, reference))
+
+
 def _ratio(numerator, denominator, digits=2) -> str:
     if numerator is None or denominator is None or denominator <= 0:
         return "n/a"
@@ -486,7 +496,7 @@ def tables(all_results: dict, args) -> tuple[str, list[str]]:
     steps = ["| size | batch | unguided step | guided step | UNet fwd+bwd (CFG) | VAE decoder fwd+bwd | CLIP fwd+bwd "
              "| engine overhead | guided / sum of parts | guided / unguided | LR-ASPP fwd+bwd |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    levers = ["| size | batch | lever | seconds, peak memory | time vs exact | extra peak memory vs exact "
+    levers = ["| size | batch | lever | seconds, peak memory | time vs exact | peak memory vs exact "
               "| cosine to the exact gradient |", "|---|---|---|---|---|---|---|"]
     targets = []
     for (size, batch), (results, cosines, _) in all_results.items():
@@ -508,13 +518,17 @@ def tables(all_results: dict, args) -> tuple[str, list[str]]:
                           f"| {_ratio(decode_cost[name], decode_cost['decoder_vae'])} | {_ratio(_peak(results, name), _peak(results, 'decoder_vae'))} | {cosine} |")
         for name in ("guided_checkpointing", "guided_x0_only", "guided_taesd", "guided_taesd_x0_only") + (AUTOCAST if args.with_autocast else ()):
             reference = "guided_taesd" if name == "guided_taesd_x0_only" else "guided"
-            cosine = f"{cosines[name]:.4f}" if name in cosines else "n/a"
+            cosine = "n/a"
+            if name in cosines:
+                cosine = f"{cosines[name]:.4f}"
+            elif results.get(reference, {}).get("over_limit"):
+                cosine = "exact over the limit"
             if name == "guided_checkpointing" and "checkpointing_max_difference" in cosines:
                 cosine += f" (largest difference {cosines['checkpointing_max_difference']:.1e} of the update)"
             if name == "guided_taesd_x0_only" and name in cosines:
                 cosine += " (to TAESD through the UNet)"
-            levers.append(f"| {size} | {batch} | {LABELS[name]} | {_cell(results, name)} | {_ratio(seconds[name], seconds[reference])} "
-                          f"| {_ratio(_peak(results, name), _peak(results, reference))} | {cosine} |")
+            levers.append(f"| {size} | {batch} | {LABELS[name]} | {_cell(results, name)} | {_versus(results, name, reference, _seconds)} "
+                          f"| {_versus(results, name, reference, _peak)} | {cosine} |")
         label = f"{size} px, batch {batch}"
         targets.append(f"{label}: guided step / sum of parts = {_ratio(seconds['guided'], floor)} (target ≤ 1.10)")
         if size >= 512:
