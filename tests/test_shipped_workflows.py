@@ -183,5 +183,6 @@ def test_widget_values_line_up_with_the_sampler_inputs(object_info):
     sampler = next(n for n in workflow["nodes"] if n["type"] == "UniversalGuidedKSampler")
     values = widget_inputs(sampler, object_info["UniversalGuidedKSampler"])
     assert values == {"seed": 42, "steps": 500, "cfg": 7.5, "sampler": "ddim", "scheduler": "ddim_uniform",
-                      "denoise": 1.0, "recurrence": 2}
+                      "denoise": 1.0, "recurrence": 2, "guidance_every": 1, "gradient": "through_unet",
+                      "decode_resolution": "full", "checkpointing": False, "autocast": "off"}
     assert sampler["widgets_values"][1] == "fixed", "a shared workflow must not re-randomise its seed"
