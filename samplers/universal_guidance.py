@@ -104,7 +104,8 @@ class GuidedDenoiser:
         decode: differentiable `x0 -> image (B, 3, H, W)` in [0, 1].
         extra_args: passed to the model.
         check_interrupt: raises to stop; called before every backward step.
-        update_mask: 1 where guidance may change x0 without the denoiser's say, 0 where it must not.
+        update_mask: 1 where guidance may change x0 directly (backward guidance, x0-only forward guidance),
+            0 where it must not.
         clone_saved: clone saved activations from the start (see `clone_saved_activations`).
         gradient: "through_unet" (eq. 6 exactly) or "x0_only" (no backward pass through the denoiser).
         precision: autocast and loss scaling of the guided passes; full precision by default.
