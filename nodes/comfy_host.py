@@ -6,7 +6,6 @@ clones (never through `.data`), and decoding uses `first_stage_model.decode` wit
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -145,7 +144,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                                                              speed.decode_resolution)
     blocks = checkpoint_blocks(base_model, vae) if speed.checkpointing else []
     try:
-        with checkpointed(blocks) if blocks else contextlib.nullcontext():
+        with checkpointed(blocks):
             return sample_universal_guidance(
                 model, x, sigmas, extra_args, callback, disable,
                 guidance=guidance,
