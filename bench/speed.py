@@ -323,8 +323,8 @@ def agreement(torch, outputs: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- toy world
-def toy_agreement(host) -> dict:
-    """On the toy world's trained UNet and VAE: each lever's guided x0 update against the exact one (cosine)."""
+def toy_agreement(host) -> None:
+    """On the toy world's trained UNet and VAE: prints each lever's guided x0 update against the exact one (cosine)."""
     import torch
     from PIL import Image
 
@@ -374,7 +374,6 @@ def toy_agreement(host) -> dict:
             comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.KSAMPLER(agreement_sampler), sigmas,
                                        unconditional, unconditional, torch.zeros_like(noise), disable_pbar=True, seed=0)
             print("TOY " + json.dumps({"timestep": timestep, **result}), flush=True)
-    return result
 
 
 def child(args) -> None:
@@ -510,7 +509,7 @@ def tables(all_results: dict, args) -> tuple[str, list[str]]:
         clip = seconds["clip"] or 0.0
         decode_cost = {n: None if seconds[n] is None else max(seconds[n] - clip, 1e-3)
                        for n in ("decoder_vae", "decoder_taesd", "decoder_vae_half", "decoder_vae_quarter")}
-        base_extra = _peak(results, "guided")
+        exact_peak = _peak(results, "guided")
         for name in ("decoder_vae", "decoder_taesd", "decoder_vae_half", "decoder_vae_quarter"):
             cosine = "1 (reference)" if name == "decoder_vae" else (
                 f"{cosines[name]:.3f}" if name in cosines else "n/a")
@@ -536,7 +535,7 @@ def tables(all_results: dict, args) -> tuple[str, list[str]]:
                            " (target ≥ 5)")
         unguided_peak = _peak(results, "unguided") or 0.0
         checkpoint_peak = _peak(results, "guided_checkpointing")
-        extra = None if base_extra is None else base_extra - unguided_peak
+        extra = None if exact_peak is None else exact_peak - unguided_peak
         checkpoint_extra = None if checkpoint_peak is None else checkpoint_peak - unguided_peak
         targets.append(f"{label}: checkpointing's extra peak memory / exact's = {_ratio(checkpoint_extra, extra)} (target ≤ 0.5), "
                        f"time = {_ratio(seconds['guided_checkpointing'], seconds['guided'])} (target ≤ 1.4)"
