@@ -1,0 +1,77 @@
+"""tools/torch_pair.py: the torch and torchvision pair check that tools/setup-env stops on."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_PAIR = os.path.join(ROOT, "tools", "torch_pair.py")
+TORCH = metadata.version("torch")
+TORCHVISION = metadata.version("torchvision")
+
+
+def run_torch_pair(*args, shadow=None):
+    """Run torch_pair.py; `shadow` is a folder put first on the path, to stand in for a torchvision."""
+    env = dict(os.environ)
+    if shadow:
+        env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, TORCH_PAIR, *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def fake_torchvision(folder, version, torch_pin, body):
+    """A torchvision distribution that shadows the real one: its metadata and a package running `body`."""
+    dist_info = folder / f"torchvision-{version}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torchvision\nVersion: {version}\n"
+                                        f"Requires-Dist: numpy\nRequires-Dist: torch=={torch_pin}\n")
+    package = folder / "torchvision"
+    package.mkdir()
+    (package / "__init__.py").write_text(body)
+    return folder
+
+
+def test_the_installed_pair_passes():
+    result = run_torch_pair("check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_torchvision_of_another_build_of_the_same_torch_fails_naming_both_versions_and_the_error(tmp_path):
+    # PyPI's torchvision beside a local +cpu torch: the version pin agrees, the import does not.
+    shadow = fake_torchvision(tmp_path, "0.28.0", TORCH.split("+")[0],
+                              'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    result = run_torch_pair("check", shadow=shadow)
+    assert result.returncode == 1
+    assert f"torch {TORCH} and torchvision 0.28.0 are not a pair" in result.stderr
+    assert "operator torchvision::nms does not exist" in result.stderr
+
+
+def test_a_torchvision_built_for_another_torch_fails_before_importing_it(tmp_path):
+    shadow = fake_torchvision(tmp_path, "0.1.0", "1.0.0", 'raise AssertionError("must not be imported")\n')
+    result = run_torch_pair("check", shadow=shadow)
+    assert result.returncode == 1
+    assert f"torch {TORCH} and torchvision 0.1.0 are not a pair: torchvision 0.1.0 is built for torch 1.0.0" \
+        in result.stderr
+    assert "must not be imported" not in result.stderr
+
+
+def test_pins_hold_the_installed_pair():
+    result = run_torch_pair("pins")
+    assert result.returncode == 0
+    assert result.stdout.split() == [f"torch=={TORCH}", f"torchvision=={TORCHVISION}"]
+
+
+def test_sources_say_which_file_came_from_disk_and_which_was_downloaded(tmp_path):
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"install": [
+        {"metadata": {"name": "torch", "version": "2.14.1"},
+         "download_info": {"url": "file:///opt/wheels%20here/torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl"}},
+        {"metadata": {"name": "torchvision", "version": "0.29.1"},
+         "download_info": {"url": "https://files.example.org/torchvision-0.29.1-cp311-cp311-manylinux_2_28_x86_64.whl"}},
+    ]}))
+    lines = run_torch_pair("sources", str(report)).stdout.splitlines()
+    assert lines == ["setup-env: torch 2.14.1 (on disk, /opt/wheels here/torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl)",
+                     "setup-env: torchvision 0.29.1 (downloaded from files.example.org)"]

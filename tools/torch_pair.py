@@ -1,0 +1,89 @@
+"""The torch and torchvision pair of the cached environment (tools/setup-env).
+
+  torch_pair.py check           exit 1, naming both versions, unless torch and torchvision work together
+  torch_pair.py pins            print pip constraints that keep the installed pair as it is
+  torch_pair.py sources REPORT  say where pip took the pair from, read from `pip install --report REPORT`
+
+A torchvision wheel is built against one torch build: PyPI's torchvision pins `torch==X`, and beside another
+build of the same X (a local `+cpu` one) it fails to import ("operator torchvision::nms does not exist").
+So the check imports both and runs a torchvision operator instead of only comparing version numbers.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from importlib import metadata
+from urllib.parse import unquote, urlparse
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _torch_pin(torchvision_version: str) -> str | None:
+    """The torch release this torchvision was built for, from its `torch==X` requirement."""
+    for requirement in metadata.requires("torchvision") or []:
+        match = re.fullmatch(r"torch\s*==\s*([^\s;,]+)\s*(;.*)?", requirement)
+        if match:
+            return match.group(1)
+    return None
+
+
+def pair_problem() -> str | None:
+    """Why torch and torchvision don't work together here, or None when they do."""
+    torch_version, torchvision_version = _installed("torch"), _installed("torchvision")
+    if torch_version is None or torchvision_version is None:
+        missing = " and ".join(name for name, version in
+                               (("torch", torch_version), ("torchvision", torchvision_version)) if version is None)
+        return f"{missing} not installed (torch {torch_version}, torchvision {torchvision_version})"
+    pair = f"torch {torch_version} and torchvision {torchvision_version}"
+    pin = _torch_pin(torchvision_version)
+    # `torch==X` admits any local build of X (`X+cpu`); `torch==X+cu130` admits only that one.
+    if pin is not None and pin != (torch_version if "+" in pin else torch_version.split("+")[0]):
+        return f"{pair} are not a pair: torchvision {torchvision_version} is built for torch {pin}"
+    try:
+        import torch
+        import torchvision
+
+        torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+    except Exception as error:  # an ABI mismatch surfaces as RuntimeError, ImportError or OSError
+        build = f" (torchvision {torchvision_version} is built for the torch {pin} that PyPI publishes)" if pin else ""
+        return f"{pair} are not a pair{build}: {type(error).__name__}: {error}"
+    return None
+
+
+def check() -> int:
+    problem = pair_problem()
+    if problem:
+        print(f"setup-env: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def pins() -> int:
+    for name in ("torch", "torchvision"):
+        print(f"{name}=={metadata.version(name)}")
+    return 0
+
+
+def sources(report_path: str) -> int:
+    with open(report_path, encoding="utf-8") as report:
+        installed = {item["metadata"]["name"].lower(): item for item in json.load(report)["install"]}
+    for name in ("torch", "torchvision"):
+        item = installed.get(name)
+        if item is None:
+            print(f"setup-env: {name} {metadata.version(name)} was already installed")
+            continue
+        url = urlparse(item["download_info"]["url"])
+        where = f"on disk, {unquote(url.path)}" if url.scheme == "file" else f"downloaded from {url.netloc}"
+        print(f"setup-env: {name} {item['metadata']['version']} ({where})")
+    return 0
+
+
+if __name__ == "__main__":
+    command, *arguments = sys.argv[1:] or ["check"]
+    sys.exit({"check": check, "pins": pins, "sources": sources}[command](*arguments))
