@@ -22,12 +22,12 @@ def run_torch_pair(*args, shadow=None):
                           timeout=300)
 
 
-def fake_torchvision(folder, version, torch_pin, body):
+def fake_torchvision(folder, version, torch_requirement, body):
     """A torchvision distribution that shadows the real one: its metadata and a package running `body`."""
     dist_info = folder / f"torchvision-{version}.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torchvision\nVersion: {version}\n"
-                                        f"Requires-Dist: numpy\nRequires-Dist: torch=={torch_pin}\n")
+                                        f"Requires-Dist: numpy\nRequires-Dist: {torch_requirement}\n")
     package = folder / "torchvision"
     package.mkdir()
     (package / "__init__.py").write_text(body)
@@ -41,16 +41,25 @@ def test_the_installed_pair_passes():
 
 def test_a_torchvision_of_another_build_of_the_same_torch_fails_naming_both_versions_and_the_error(tmp_path):
     # PyPI's torchvision beside a local +cpu torch: the version pin agrees, the import does not.
-    shadow = fake_torchvision(tmp_path, "0.28.0", TORCH.split("+")[0],
+    shadow = fake_torchvision(tmp_path, "0.28.0", f"torch (=={TORCH.split('+')[0]})",
                               'raise RuntimeError("operator torchvision::nms does not exist")\n')
     result = run_torch_pair("check", shadow=shadow)
     assert result.returncode == 1
-    assert f"torch {TORCH} and torchvision 0.28.0 are not a pair" in result.stderr
-    assert "operator torchvision::nms does not exist" in result.stderr
+    assert f"torch {TORCH} and torchvision 0.28.0 are not a pair (torchvision 0.28.0 asks for " \
+        f"torch=={TORCH.split('+')[0]}, of the build it was made with): RuntimeError: operator torchvision::nms " \
+        "does not exist" in result.stderr
+
+
+def test_a_torchvision_asking_for_a_torch_range_is_still_imported_and_run(tmp_path):
+    shadow = fake_torchvision(tmp_path, "0.29.1", "torch (>=0.1)", 'raise ImportError("undefined symbol")\n')
+    result = run_torch_pair("check", shadow=shadow)
+    assert result.returncode == 1
+    assert "torchvision 0.29.1 asks for torch>=0.1, of the build it was made with): ImportError: undefined symbol" \
+        in result.stderr
 
 
 def test_a_torchvision_built_for_another_torch_fails_before_importing_it(tmp_path):
-    shadow = fake_torchvision(tmp_path, "0.1.0", "1.0.0", 'raise AssertionError("must not be imported")\n')
+    shadow = fake_torchvision(tmp_path, "0.1.0", "torch==1.0.0", 'raise AssertionError("must not be imported")\n')
     result = run_torch_pair("check", shadow=shadow)
     assert result.returncode == 1
     assert f"torch {TORCH} and torchvision 0.1.0 are not a pair: torchvision 0.1.0 is built for torch 1.0.0" \

@@ -4,9 +4,9 @@
   torch_pair.py pins            print pip constraints that keep the installed pair as it is
   torch_pair.py sources REPORT  say where pip took the pair from, read from `pip install --report REPORT`
 
-A torchvision wheel is built against one torch build: PyPI's torchvision pins `torch==X`, and beside another
-build of the same X (a local `+cpu` one) it fails to import ("operator torchvision::nms does not exist").
-So the check imports both and runs a torchvision operator instead of only comparing version numbers.
+A torchvision wheel is built against one torch build. Its metadata asks for `torch==X` (lately `torch>=X`),
+and beside another build of the same X (a local `+cpu` one) it fails to import ("operator torchvision::nms
+does not exist"). So the check imports both and runs a torchvision operator, beyond comparing versions.
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def _torch_pin(torchvision_version: str) -> str | None:
-    """The torch release this torchvision was built for, from its `torch==X` requirement."""
+def _torch_requirement() -> str | None:
+    """What this torchvision asks of torch, e.g. `==2.13.0` or `>=2.14.0` (metadata writes `torch (==2.13.0)`)."""
     for requirement in metadata.requires("torchvision") or []:
-        match = re.fullmatch(r"torch\s*==\s*([^\s;,]+)\s*(;.*)?", requirement)
+        match = re.fullmatch(r"torch\s*\(?\s*([<>=!~][^;()]*?)\s*\)?\s*(;.*)?", requirement)
         if match:
-            return match.group(1)
+            return re.sub(r"\s+", "", match.group(1))
     return None
 
 
@@ -41,18 +41,19 @@ def pair_problem() -> str | None:
                                (("torch", torch_version), ("torchvision", torchvision_version)) if version is None)
         return f"{missing} not installed (torch {torch_version}, torchvision {torchvision_version})"
     pair = f"torch {torch_version} and torchvision {torchvision_version}"
-    pin = _torch_pin(torchvision_version)
-    # `torch==X` admits any local build of X (`X+cpu`); `torch==X+cu130` admits only that one.
-    if pin is not None and pin != (torch_version if "+" in pin else torch_version.split("+")[0]):
-        return f"{pair} are not a pair: torchvision {torchvision_version} is built for torch {pin}"
+    wanted = _torch_requirement()
+    exact = wanted[2:] if wanted and re.fullmatch(r"==[^,*]+", wanted) else None
+    # `==X` admits any local build of X (`X+cpu`); `==X+cu130` admits only that one.
+    if exact is not None and exact != (torch_version if "+" in exact else torch_version.split("+")[0]):
+        return f"{pair} are not a pair: torchvision {torchvision_version} is built for torch {exact}"
     try:
         import torch
         import torchvision
 
         torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
     except Exception as error:  # an ABI mismatch surfaces as RuntimeError, ImportError or OSError
-        build = f" (torchvision {torchvision_version} is built for the torch {pin} that PyPI publishes)" if pin else ""
-        return f"{pair} are not a pair{build}: {type(error).__name__}: {error}"
+        asks = f" (torchvision {torchvision_version} asks for torch{wanted}, of the build it was made with)" if wanted else ""
+        return f"{pair} are not a pair{asks}: {type(error).__name__}: {error}"
     return None
 
 
