@@ -13,13 +13,13 @@ TORCH = metadata.version("torch")
 TORCHVISION = metadata.version("torchvision")
 
 
-def run_torch_pair(*args, shadow=None):
+def run_torch_pair(*args, shadow=None, site_packages=True):
     """Run torch_pair.py; `shadow` is a folder put first on the path, to stand in for a torchvision."""
     env = dict(os.environ)
     if shadow:
         env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, TORCH_PAIR, *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    python = [sys.executable] if site_packages else [sys.executable, "-S"]
+    return subprocess.run([*python, TORCH_PAIR, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def fake_torchvision(folder, version, torch_requirement, body):
@@ -37,6 +37,18 @@ def fake_torchvision(folder, version, torch_requirement, body):
 def test_the_installed_pair_passes():
     result = run_torch_pair("check")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_missing_torch_or_torchvision_is_named(tmp_path):
+    result = run_torch_pair("check", site_packages=False)
+    assert result.returncode == 1
+    assert f"torch and torchvision are not installed in {sys.executable}" in result.stderr
+    dist_info = tmp_path / "torch-9.9.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 9.9\n")
+    result = run_torch_pair("check", shadow=tmp_path, site_packages=False)
+    assert result.returncode == 1
+    assert f"torchvision is not installed in {sys.executable} (found torch 9.9)" in result.stderr
 
 
 def test_a_torchvision_of_another_build_of_the_same_torch_fails_naming_both_versions_and_the_error(tmp_path):

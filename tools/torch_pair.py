@@ -36,10 +36,11 @@ def _torch_requirement() -> str | None:
 def pair_problem() -> str | None:
     """Why torch and torchvision don't work together here, or None when they do."""
     torch_version, torchvision_version = _installed("torch"), _installed("torchvision")
-    if torch_version is None or torchvision_version is None:
-        missing = " and ".join(name for name, version in
-                               (("torch", torch_version), ("torchvision", torchvision_version)) if version is None)
-        return f"{missing} not installed (torch {torch_version}, torchvision {torchvision_version})"
+    versions = {"torch": torch_version, "torchvision": torchvision_version}
+    missing = [name for name, version in versions.items() if version is None]
+    if missing:
+        found = "".join(f" (found {name} {version})" for name, version in versions.items() if version)
+        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in {sys.executable}{found}"
     pair = f"torch {torch_version} and torchvision {torchvision_version}"
     wanted = _torch_requirement()
     exact = wanted[2:] if wanted and re.fullmatch(r"==[^,*]+", wanted) else None
