@@ -85,7 +85,7 @@ def test_pins_hold_the_installed_pair():
     assert result.stdout.split() == [f"torch=={TORCH}", f"torchvision=={TORCHVISION}"]
 
 
-def test_sources_say_which_file_came_from_disk_and_which_was_downloaded(tmp_path):
+def test_sources_say_which_file_came_from_disk_and_which_from_an_index(tmp_path):
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"install": [
         {"metadata": {"name": "torch", "version": "2.14.1"},
@@ -95,4 +95,4 @@ def test_sources_say_which_file_came_from_disk_and_which_was_downloaded(tmp_path
     ]}))
     lines = run_torch_pair("sources", str(report)).stdout.splitlines()
     assert lines == ["setup-env: torch 2.14.1 (on disk, /opt/wheels here/torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl)",
-                     "setup-env: torchvision 0.29.1 (downloaded from files.example.org)"]
+                     "setup-env: torchvision 0.29.1 (from the index at files.example.org)"]

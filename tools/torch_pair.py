@@ -35,8 +35,8 @@ def _torch_requirement() -> str | None:
 
 def pair_problem() -> str | None:
     """Why torch and torchvision don't work together here, or None when they do."""
-    torch_version, torchvision_version = _installed("torch"), _installed("torchvision")
-    versions = {"torch": torch_version, "torchvision": torchvision_version}
+    versions = {name: _installed(name) for name in ("torch", "torchvision")}
+    torch_version, torchvision_version = versions.values()
     missing = [name for name, version in versions.items() if version is None]
     if missing:
         found = "".join(f" (found {name} {version})" for name, version in versions.items() if version)
@@ -81,7 +81,7 @@ def sources(report_path: str) -> int:
             print(f"setup-env: {name} {metadata.version(name)} was already installed")
             continue
         url = urlparse(item["download_info"]["url"])
-        where = f"on disk, {unquote(url.path)}" if url.scheme == "file" else f"downloaded from {url.netloc}"
+        where = f"on disk, {unquote(url.path)}" if url.scheme == "file" else f"from the index at {url.netloc}"
         print(f"setup-env: {name} {item['metadata']['version']} ({where})")
     return 0
 
