@@ -13,7 +13,8 @@ unguided, once guided. The evaluators (other architectures, trained on other sce
 - combination: segmentation and classification at once, through Combine Guidance (the mean of both scores).
 
 Realism is the toy UNet's own denoising error on the samples (re-encoded with the VAE), at fixed noise levels
-and noise; lower is more like the training data. Seconds are wall time per sample on this machine. It prints a
+and noise; lower is more like the training data. Before the rows it prints KID (toy_world/evaluation.py) checked
+on images whose answer is known: other real scenes, unguided samples, and those samples with strong noise. Seconds are wall time per sample on this machine. It prints a
 Markdown table and saves it, with one picture grid per row (target | unguided | guided, a row per seed).
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, PACK_DIR)
 from comfy_headless import ComfyHost  # noqa: E402
 
 from guidance.segmentation import voc_palette  # noqa: E402
-from toy_world import data, evaluation, networks  # noqa: E402
+from toy_world import data, evaluation, networks, splits  # noqa: E402
 
 FIRST_SEED = 42
 TARGET_SCENE = 2_000_017  # the demo's map: a triangle and a circle, a scene no network was trained on
@@ -41,6 +42,7 @@ TARGET_CLASS = "red circle"
 TARGET_BOXES = {"circle": (0.08, 0.08, 0.48, 0.48), "square": (0.52, 0.5, 0.92, 0.9)}
 INPAINT_SCENE = 2_000_021  # a square and a cross
 REALISM_TIMESTEPS = (100, 300, 500, 700)
+KID_CHECK_SAMPLES = 128
 
 
 class Toy:
@@ -212,8 +214,13 @@ def main() -> None:
     os.makedirs(args.output, exist_ok=True)
     toy = Toy(ComfyHost(os.environ["COMFYUI_PATH"]))
     tasks = Tasks(toy)
-    real = data.batch(range(3_000_000, 3_000_000 + 64))[0]
+    real = data.batch(splits.TEST_SEEDS[:64])[0]
+    features = evaluation.RealismFeatures(toy.evaluators["classifier"])
+    checks = evaluation.kid_checks(features, toy.sample(None, KID_CHECK_SAMPLES, 20, 1))
     lines = [f"Realism of real held-out toy images: {toy.denoising_error(real):.3f}", "",
+             f"KID against {len(splits.REALISM_SEEDS)} real held-out scenes (mean ± std over subsets; "
+             f"{KID_CHECK_SAMPLES} unguided samples, 20 steps):"]
+    lines += [f"- {name}: {mean:.1f} ± {std:.1f}" for name, (mean, std) in checks.items()] + ["",
              "| task | guidance | steps | k | unguided | guided | realism (unguided → guided) | s / sample |",
              "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)

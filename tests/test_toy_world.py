@@ -130,3 +130,16 @@ def test_demo_workflow_guides_towards_the_map_better_than_unguided(comfy):
     guided = evaluation.segmentation_score(evaluator, pictures[:, 2], maps)
     assert guided.mean() > unguided.mean() + 0.25, (guided, unguided)
     assert (guided > unguided).sum() >= 3, (guided, unguided)
+
+
+def test_kid_puts_real_scenes_near_real_and_noisy_samples_further_than_unguided(comfy):
+    """KID's checks on images whose answer is known, with 128 unguided samples through ComfyUI's KSampler."""
+    with torch.inference_mode():
+        model, vae, unconditional = node(comfy, "UGDToyWorldLoader").load()
+        latent = node(comfy, "UGDEmptyToyWorldLatent").generate(batch_size=128)[0]
+        samples = node(comfy, "KSampler").sample(model, 7, 20, 1.0, "euler", "ddim_uniform", unconditional, unconditional, latent)[0]
+        unguided = vae.decode(samples["samples"]).movedim(-1, 1).clone()
+    checks = evaluation.kid_checks(evaluation.RealismFeatures(networks.load("classifier", "evaluator")), unguided)
+    (real, real_spread), (sampled, _), (noisy, _) = checks.values()
+    assert abs(real) < 2 * real_spread + 0.05 * sampled, checks
+    assert real < sampled < noisy, checks

@@ -1,10 +1,14 @@
-"""Scores of generated toy images against a guidance target, per sample, from the held-out evaluators."""
+"""Scores of generated toy images from the held-out evaluators: against a guidance target, per sample, and
+realism over the whole distribution (KID against real scenes)."""
 from __future__ import annotations
 
-import torch
+import warnings
 
-from . import data
-from .networks import iou
+import torch
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from . import data, splits
+from .networks import ClassifierNetwork, iou
 
 
 def mean_iou(predicted: torch.Tensor, target: torch.Tensor, classes: int = 1 + len(data.SHAPES)) -> torch.Tensor:
@@ -46,3 +50,50 @@ def masked_psnr(images: torch.Tensor, reference: torch.Tensor, known: torch.Tens
     weight = known[:, None].expand_as(images).float()
     mse = ((images - reference) ** 2 * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+class RealismFeatures(torch.nn.Module):
+    """KID's feature space: the held-out classifier evaluator's encoder, pooled by mean and max as its head sees
+    it. An evaluator, so that no guide grades the images it steered."""
+
+    def __init__(self, classifier_evaluator: ClassifierNetwork):
+        super().__init__()
+        self.encoder = classifier_evaluator.encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(images)
+        return torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], 1)
+
+
+def real_scenes(seeds=splits.REALISM_SEEDS) -> torch.Tensor:
+    """The real scenes that KID compares with, (N, 3, SIZE, SIZE) in [0, 1]."""
+    return data.batch(seeds)[0]
+
+
+def kid(features: RealismFeatures, images: torch.Tensor, real: torch.Tensor, subsets: int = 100,
+        seed: int = 0) -> tuple[float, float]:
+    """KID (mean and standard deviation over random subsets) of images against real images, both (N, 3, H, W) in
+    [0, 1]: 0 when they come from one distribution, larger the further apart. Subsets hold as many images as the
+    smaller set; the subsets' draw is seeded and leaves torch's global generator as it was."""
+    with warnings.catch_warnings():  # that it keeps every feature: a few hundred 128-d vectors here
+        warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save all extracted features")
+        metric = KernelInceptionDistance(feature=features, subsets=subsets, subset_size=min(len(images), len(real)))
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        metric.update(real, real=True)
+        metric.update(images, real=False)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+NOISE_CHECK_SIGMA = 0.2
+
+
+def kid_checks(features: RealismFeatures, unguided: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """KID against the real scenes of images whose answer is known: other real scenes must score near 0, and
+    unguided samples better than the same samples with strong noise added."""
+    real = real_scenes()
+    noise = torch.randn(unguided.shape, generator=torch.Generator().manual_seed(0))
+    return {"other real scenes": kid(features, real_scenes(splits.REALISM_CHECK_SEEDS), real),
+            "unguided samples": kid(features, unguided, real),
+            f"unguided samples + noise σ = {NOISE_CHECK_SIGMA}": kid(features, (unguided + NOISE_CHECK_SIGMA * noise).clamp(0, 1), real)}

@@ -29,10 +29,8 @@ sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 from toy_world import data, evaluation, networks  # noqa: E402
 from toy_world.diffusion import (SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE, WEIGHTS_DIR,  # noqa: E402
                                  latent_metadata, read_weights)
+from toy_world.splits import EVALUATOR_SEEDS, TEST_SEEDS, TRAIN_SEEDS  # noqa: E402
 
-TRAIN_SEEDS = range(0, 12_000)                  # the VAE, the UNet and the guidance networks
-EVALUATOR_SEEDS = range(1_000_000, 1_004_000)   # the held-out evaluators see other scenes
-TEST_SEEDS = range(3_000_000, 3_000_256)        # seen by no network, to report held-out scores
 VAE_KL_WEIGHT = 1e-7
 NETWORK_STEPS = {"segmenter": 700, "classifier": 600, "box_predictor": 600}  # the segmenters cost most per step
 
