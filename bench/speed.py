@@ -334,7 +334,7 @@ def toy_agreement(host) -> None:
     nodes = host.nodes.NODE_CLASS_MAPPINGS
     pack = _pack(host)
     with torch.inference_mode():
-        model, vae, unconditional = nodes["UGDToyWorldLoader"]().load()
+        model, vae, unconditional, _ = nodes["UGDToyWorldLoader"]().load()
         segmenter, _, _ = nodes["UGDToyWorldGuidanceNetworks"]().load()
         target = Image.open(os.path.join(PACK_DIR, "workflows", "inputs", "ugd_toy_segmentation_map.png")).convert("RGB")
         target_map = torch.tensor(list(target.getdata()), dtype=torch.float32).reshape(1, 64, 64, 3) / 255

@@ -51,7 +51,7 @@ class Toy:
     def __init__(self, host: ComfyHost):
         self.nodes = host.nodes.NODE_CLASS_MAPPINGS
         with torch.inference_mode():
-            self.model, self.vae, self.unconditional = self.call("UGDToyWorldLoader", "load")
+            self.model, self.vae, self.unconditional, self.cheap_vae = self.call("UGDToyWorldLoader", "load")
             self.segmenter, self.classifier, self.detector = self.call("UGDToyWorldGuidanceNetworks", "load")
         self.evaluators = {kind: networks.load(kind, "evaluator") for kind in networks.KINDS}
 

@@ -17,6 +17,7 @@ import comfy.supported_models_base
 from ..guidance.classifier import ImageClassifier, Preprocessing
 from ..guidance.segmentation import Segmenter
 from ..toy_world import data, networks
+from ..toy_world.cheap_decoder import CheapAutoencoder, load_cheap_decoder
 from ..toy_world.diffusion import (LATENT_CHANNELS, LATENT_DOWNSCALE, SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE,
                                   latent_metadata, read_weights)
 from .classifier_guidance import CLASSIFIER_MODEL
@@ -55,13 +56,23 @@ def toy_vae() -> comfy.sd.VAE:
     return vae
 
 
+def toy_cheap_vae() -> comfy.sd.VAE:
+    """ComfyUI's VAE object around the cheap decoder (and the toy VAE's encoder), with a patcher of its own."""
+    vae = toy_vae()
+    vae.first_stage_model = CheapAutoencoder(vae.first_stage_model, load_cheap_decoder()).eval()
+    vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
+                                                   offload_device=comfy.model_management.vae_offload_device())
+    return vae
+
+
 class ToyWorldLoader(LoaderNode):
     DESCRIPTION = ("The toy world's diffusion model: a tiny unconditional UNet and VAE, trained by the pack on 64×64 "
                    "pictures of coloured shapes (toy_world/). No model files needed. Connect `unconditional` to both "
-                   "positive and negative, and use Empty Toy World Latent for the latent.")
+                   "positive and negative, and use Empty Toy World Latent for the latent. `cheap_vae` decodes with a "
+                   "small decoder distilled from the VAE's, in TAESD's role: a cheaper `guidance_vae` for the sampler.")
     CATEGORY = "universal_guidance/toy_world"
-    RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING")
-    RETURN_NAMES = ("model", "vae", "unconditional")
+    RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING", "VAE")
+    RETURN_NAMES = ("model", "vae", "unconditional", "cheap_vae")
     FUNCTION = "load"
 
     @classmethod
@@ -69,7 +80,7 @@ class ToyWorldLoader(LoaderNode):
         return {"required": {}}
 
     def load(self):
-        return (toy_model(), toy_vae(), UNCONDITIONAL)
+        return (toy_model(), toy_vae(), UNCONDITIONAL, toy_cheap_vae())
 
 
 class EmptyToyWorldLatent:

@@ -18,7 +18,7 @@ def node(comfy, name):
 @pytest.fixture(scope="module")
 def toy(comfy):
     with torch.inference_mode():
-        model, vae, unconditional = node(comfy, "UGDToyWorldLoader").load()
+        model, vae, unconditional, _ = node(comfy, "UGDToyWorldLoader").load()
         segmenter, _, _ = node(comfy, "UGDToyWorldGuidanceNetworks").load()
         (latent,) = node(comfy, "UGDEmptyToyWorldLatent").generate(2)
         mask = torch.zeros(1, 64, 64)
