@@ -9,6 +9,7 @@ import copy
 import torch
 
 import comfy.latent_formats
+import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
@@ -18,8 +19,8 @@ from ..guidance.classifier import ImageClassifier, Preprocessing
 from ..guidance.segmentation import Segmenter
 from ..toy_world import data, networks
 from ..toy_world.cheap_decoder import CheapAutoencoder, load_cheap_decoder
-from ..toy_world.diffusion import (LATENT_CHANNELS, LATENT_DOWNSCALE, SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE,
-                                  latent_metadata, read_weights)
+from ..toy_world.diffusion import (FLOW_SAMPLING, FLOW_UNET_FILE, LATENT_CHANNELS, LATENT_DOWNSCALE, SAMPLING, UNET_CONFIG,
+                                  UNET_FILE, VAE_CONFIG, VAE_FILE, latent_metadata, read_weights)
 from .classifier_guidance import CLASSIFIER_MODEL
 from .network_weights import LoaderNode, managed
 from .object_location_guidance import DETECTOR_MODEL
@@ -42,10 +43,27 @@ class ToyWorldModelConfig(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.float32]
 
 
-def toy_model() -> comfy.model_patcher.ModelPatcher:
-    config = ToyWorldModelConfig(copy.deepcopy(UNET_CONFIG))
+class ToyWorldFlowModelConfig(ToyWorldModelConfig):
+    """The flow twin: ComfyUI's CONST sampling with ModelSamplingDiscreteFlow's shift, as SD3 and Flux."""
+    sampling_settings = dict(FLOW_SAMPLING)
+
+    def model_type(self, state_dict, prefix=""):
+        return comfy.model_base.ModelType.FLOW
+
+
+DIFFUSION_MODELS = {"eps": (ToyWorldModelConfig, UNET_FILE), "flow": (ToyWorldFlowModelConfig, FLOW_UNET_FILE)}
+
+
+def toy_model(diffusion_model: str = "eps") -> comfy.model_patcher.ModelPatcher:
+    if diffusion_model not in DIFFUSION_MODELS:
+        raise ValueError(f"Toy World Loader: diffusion_model is {diffusion_model!r}; use one of {tuple(DIFFUSION_MODELS)}.")
+    if diffusion_model == "flow" and not hasattr(comfy.model_base.ModelType, "FLOW"):
+        raise ValueError("Toy World Loader: this ComfyUI has no flow-model sampling (ModelType.FLOW came with SD3 "
+                         "support in mid 2024). Choose diffusion_model eps, or update ComfyUI.")
+    config_class, weights = DIFFUSION_MODELS[diffusion_model]
+    config = config_class(copy.deepcopy(UNET_CONFIG))
     base = config.get_model({})
-    base.diffusion_model.load_state_dict(read_weights(UNET_FILE))
+    base.diffusion_model.load_state_dict(read_weights(weights))
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -67,7 +85,7 @@ def toy_cheap_vae() -> comfy.sd.VAE:
 
 class ToyWorldLoader(LoaderNode):
     DESCRIPTION = ("The toy world's diffusion model: a tiny unconditional UNet and VAE, trained by the pack on 64×64 "
-                   "pictures of coloured shapes (toy_world/). No model files needed. Connect `unconditional` to both "
+                   "pictures of coloured shapes (toy_world/), as an ε model or its rectified-flow twin. No model files needed. Connect `unconditional` to both "
                    "positive and negative, and use Empty Toy World Latent for the latent. `cheap_vae` decodes with a "
                    "small decoder distilled from the VAE's, in TAESD's role: a cheaper `guidance_vae` for the sampler.")
     CATEGORY = "universal_guidance/toy_world"
@@ -77,10 +95,12 @@ class ToyWorldLoader(LoaderNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}}
+        return {"required": {"diffusion_model": (list(DIFFUSION_MODELS), {
+            "default": "eps", "tooltip": "eps: ε-prediction under SD's DDPM schedule, like SD 1.5. flow: its "
+                                         "rectified-flow twin (velocity prediction, CONST sampling), like SD3 and Flux."})}}
 
-    def load(self):
-        return (toy_model(), toy_vae(), UNCONDITIONAL, toy_cheap_vae())
+    def load(self, diffusion_model="eps"):
+        return (toy_model(diffusion_model), toy_vae(), UNCONDITIONAL, toy_cheap_vae())
 
 
 class EmptyToyWorldLatent:

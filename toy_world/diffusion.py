@@ -3,7 +3,7 @@
 Plain data, so that the training script and the ComfyUI loader build the very same modules, and the one
 reader of the weight files they share. The VAE maps a
 64×64 image to a 4×16×16 latent; the UNet is unconditional (no attention, so no text context) and predicts
-the noise (EPS) under Stable Diffusion's DDPM schedule.
+the noise (EPS) under Stable Diffusion's DDPM schedule; its twin predicts the flow's velocity.
 """
 from __future__ import annotations
 
@@ -49,6 +49,10 @@ UNET_CONFIG = {
 }
 # Stable Diffusion's DDPM schedule, which ComfyUI's EPS models use by default.
 SAMPLING = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
+# The flow twin: ComfyUI's CONST sampling (x = (1−σ)·x0 + σ·ε, velocity prediction) at timestep σ·multiplier,
+# as SD3 and Flux use. Shift 1 leaves σ as drawn; small latents need no shift towards noise.
+FLOW_UNET_FILE = "toy_unet_flow.safetensors"
+FLOW_SAMPLING = {"shift": 1.0, "multiplier": 1000}
 
 
 def read_weights(name: str) -> dict[str, torch.Tensor]:

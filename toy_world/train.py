@@ -1,9 +1,9 @@
 """Train the toy world from scratch on CPU, with fixed seeds, and write its weights to toy_world/weights/.
 
-    bash tools/train-toy-world [vae|unet|networks|all]
+    bash tools/train-toy-world [vae|unet|flow|decoder|networks|all]
 
 `vae` trains ComfyUI's AutoencoderKL, `unet` ComfyUI's UNetModel on that VAE's latents (so it needs the VAE),
-`decoder` the cheap decoder distilled from that VAE's decoder, and `networks` the guidance networks and their
+`flow` its rectified-flow twin, `decoder` the cheap decoder distilled from that VAE's decoder, and `networks` the guidance networks and their
 held-out evaluators. Everything runs in about half an hour on
 two CPU cores. Weights are saved in half precision.
 """
@@ -28,8 +28,8 @@ PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PACK_DIR)
 sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 from toy_world import data, evaluation, networks  # noqa: E402
-from toy_world.diffusion import (SAMPLING, UNET_CONFIG, UNET_FILE, VAE_CONFIG, VAE_FILE, WEIGHTS_DIR,  # noqa: E402
-                                 latent_metadata, read_weights)
+from toy_world.diffusion import (FLOW_SAMPLING, FLOW_UNET_FILE, SAMPLING, UNET_CONFIG, UNET_FILE,  # noqa: E402
+                                 VAE_CONFIG, VAE_FILE, WEIGHTS_DIR, latent_metadata, read_weights)
 from toy_world.cheap_decoder import CHEAP_DECODER_FILE, CheapDecoder  # noqa: E402
 from toy_world.splits import EVALUATOR_SEEDS, TEST_SEEDS, TRAIN_SEEDS  # noqa: E402
 
@@ -128,8 +128,32 @@ def trained_vae(autoencoder_module):
     return vae.eval().requires_grad_(False), latent_metadata()[0]
 
 
-def train_unet(images: torch.Tensor, steps: int = 4000, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.999) -> None:
-    """EPS prediction under SD's DDPM schedule on scaled VAE latents, drawn afresh from the posterior each step."""
+def eps_objective(latents: torch.Tensor, alphas_cumprod: torch.Tensor):
+    """SD's: x_t = √ᾱ·x0 + √(1−ᾱ)·ε at an integer timestep t, predicting ε."""
+    t = torch.randint(SAMPLING["timesteps"], (len(latents),))
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noise = torch.randn_like(latents)
+    return a.sqrt() * latents + (1 - a).sqrt() * noise, t.float(), noise
+
+
+def flow_objective(latents: torch.Tensor, alphas_cumprod: torch.Tensor):
+    """Rectified flow as ComfyUI's CONST sampling reads it: x = (1−σ)·x0 + σ·ε at timestep σ·multiplier,
+    predicting the velocity ε − x0; σ logit-normal, as SD3 trains, then shifted as the sampler shifts it."""
+    sigma = torch.sigmoid(torch.randn(len(latents)))
+    shift = FLOW_SAMPLING["shift"]
+    sigma = shift * sigma / (1 + (shift - 1) * sigma)
+    s = sigma.view(-1, 1, 1, 1)
+    noise = torch.randn_like(latents)
+    return (1 - s) * latents + s * noise, sigma * FLOW_SAMPLING["multiplier"], noise - latents
+
+
+OBJECTIVES = {"eps": (eps_objective, UNET_FILE), "flow": (flow_objective, FLOW_UNET_FILE)}
+
+
+def train_unet(images: torch.Tensor, objective: str = "eps", steps: int = 4000, batch: int = 32, lr: float = 1e-3,
+               ema_decay: float = 0.999) -> None:
+    """The UNet on scaled VAE latents, drawn afresh from the posterior each step, for one of OBJECTIVES."""
+    noised, file_name = OBJECTIVES[objective]
     autoencoder_module, unet_module = comfy_modules()
     vae, scale = trained_vae(autoencoder_module)
     with torch.no_grad():
@@ -147,10 +171,8 @@ def train_unet(images: torch.Tensor, steps: int = 4000, batch: int = 32, lr: flo
     for step in range(steps):
         index = torch.randint(len(mean), (batch,))
         latents = (mean[index] + std[index] * torch.randn_like(std[index])) * scale
-        t = torch.randint(SAMPLING["timesteps"], (batch,))
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        noise = torch.randn_like(latents)
-        loss = F.mse_loss(unet(a.sqrt() * latents + (1 - a).sqrt() * noise, t.float()), noise)
+        noisy, timesteps, target = noised(latents, alphas_cumprod)
+        loss = F.mse_loss(unet(noisy, timesteps), target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -162,8 +184,8 @@ def train_unet(images: torch.Tensor, steps: int = 4000, batch: int = 32, lr: flo
                 averaged.lerp_(current, 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == steps - 1:
-            log(f"unet step {step}: loss {running:.4f}")
-    save_half(ema.state_dict(), UNET_FILE)
+            log(f"{objective} unet step {step}: loss {running:.4f}")
+    save_half(ema.state_dict(), file_name)
 
 
 def train_cheap_decoder(images: torch.Tensor, steps: int = 1500, batch: int = 32, lr: float = 2e-3) -> None:
@@ -271,7 +293,7 @@ def train_networks(batch: int = 32, lr: float = 2e-3) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", nargs="?", default="all", choices=["vae", "unet", "decoder", "networks", "all"])
+    parser.add_argument("part", nargs="?", default="all", choices=["vae", "unet", "flow", "decoder", "networks", "all"])
     part = parser.parse_args().part
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.time()
@@ -279,6 +301,8 @@ def main() -> None:
         train_vae(images_of(TRAIN_SEEDS[:4000]))
     if part in ("unet", "all"):
         train_unet(images_of(TRAIN_SEEDS[:8000]))
+    if part in ("flow", "all"):
+        train_unet(images_of(TRAIN_SEEDS[:8000]), objective="flow")
     if part in ("decoder", "all"):
         train_cheap_decoder(images_of(TRAIN_SEEDS[:4000]))
     if part in ("networks", "all"):
