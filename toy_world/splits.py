@@ -1,9 +1,10 @@
 """Which scenes and seeds each use of the toy world may see, in one place, so that nobody mixes them up.
 
 The networks train on TRAIN_SEEDS (the VAE, the UNet and the guides) and EVALUATOR_SEEDS (the held-out
-evaluators), and report held-out scores on TEST_SEEDS. KID measures realism against REALISM_SEEDS. Guidance targets come from TARGET_SEEDS, scenes that no
-network saw. Every target and every sampling seed belongs to one half: anything chosen by looking at scores
-(a weight, a learning rate, a preset, a default) is chosen on the tuning half, and tables print the report half.
+evaluators), and report held-out scores on TEST_SEEDS. KID measures realism against REALISM_SEEDS. Guidance
+targets come from TARGET_SEEDS, scenes that no network saw. Every target and every sampling seed belongs to one
+half: anything chosen by looking at scores (a weight, a learning rate, a preset, a default) is chosen on the
+tuning half, and tables print the report half.
 """
 from __future__ import annotations
 
