@@ -77,7 +77,7 @@ def toy_vae() -> comfy.sd.VAE:
 def toy_cheap_vae() -> comfy.sd.VAE:
     """ComfyUI's VAE object around the cheap decoder (and the toy VAE's encoder), with a patcher of its own."""
     vae = toy_vae()
-    vae.first_stage_model = CheapAutoencoder(vae.first_stage_model, load_cheap_decoder()).eval()
+    vae.first_stage_model = CheapAutoencoder(vae.first_stage_model, load_cheap_decoder()).eval().to(vae.vae_dtype)
     vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
                                                    offload_device=comfy.model_management.vae_offload_device())
     return vae
