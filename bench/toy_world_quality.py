@@ -14,8 +14,8 @@ unguided, once guided. The evaluators (other architectures, trained on other sce
 
 Realism is the toy UNet's own denoising error on the samples (re-encoded with the VAE), at fixed noise levels
 and noise; lower is more like the training data. Before the rows it prints KID (toy_world/evaluation.py) checked
-on images whose answer is known: other real scenes, unguided samples, and those samples with strong noise. Seconds are wall time per sample on this machine. It prints a
-Markdown table and saves it, with one picture grid per row (target | unguided | guided, a row per seed).
+on images whose answer is known: other real scenes, unguided samples, and those samples with strong noise.
+Seconds are wall time per sample on this machine. It prints a Markdown table and saves it, with one picture grid per row (target | unguided | guided, a row per seed).
 """
 from __future__ import annotations
 

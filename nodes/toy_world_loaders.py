@@ -85,8 +85,9 @@ def toy_cheap_vae() -> comfy.sd.VAE:
 
 class ToyWorldLoader(LoaderNode):
     DESCRIPTION = ("The toy world's diffusion model: a tiny unconditional UNet and VAE, trained by the pack on 64×64 "
-                   "pictures of coloured shapes (toy_world/), as an ε model or its rectified-flow twin. No model files needed. Connect `unconditional` to both "
-                   "positive and negative, and use Empty Toy World Latent for the latent. `cheap_vae` decodes with a "
+                   "pictures of coloured shapes (toy_world/), as an ε model or its rectified-flow twin. No model "
+                   "files needed. Connect `unconditional` to both positive and negative, and use Empty Toy World "
+                   "Latent for the latent. `cheap_vae` decodes with a "
                    "small decoder distilled from the VAE's, in TAESD's role: a cheaper `guidance_vae` for the sampler.")
     CATEGORY = "universal_guidance/toy_world"
     RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING", "VAE")

@@ -65,7 +65,7 @@ def test_the_cheap_vae_guides_as_the_sampler_s_guidance_vae_and_leaves_both_vaes
         segmenter, _, _ = node(comfy, "UGDToyWorldGuidanceNetworks").load()
         (latent,) = node(comfy, "UGDEmptyToyWorldLatent").generate(4)
         target = torch.from_numpy(data.scene(2_000_017).segmentation).long()
-        target_picture = torch.from_numpy(voc_palette()[target].numpy()).float()[None] / 255
+        target_picture = voc_palette()[target].float()[None] / 255
         (guidance,) = node(comfy, "UGDSegmentationGuidance").guide(
             segmenter, "circle", "background", target_map=target_picture, weight=100.0, schedule="paper",
             backward_steps=0, backward_lr=0.1, optimizer="adam", start_percent=0.0, end_percent=1.0)
