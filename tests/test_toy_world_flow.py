@@ -16,7 +16,7 @@ from test_comfyui import images, run_ok
 from toy_world import evaluation, networks, splits, targets
 
 # The weight was chosen on the tuning half only: the first 6 tuning maps × 2 samples of tuning seed 1000 scored
-# mIoU 0.177 unguided and 0.322 / 0.392 / 0.435 / 0.470 / 0.445 at w = 25 / 50 / 100 / 200 / 400 (k = 2).
+# mIoU 0.171 unguided and 0.325 / 0.431 / 0.493 / 0.518 / 0.472 at w = 25 / 50 / 100 / 200 / 400 (k = 2).
 FLOW_WEIGHT, FLOW_RECURRENCE, STEPS, SCHEDULER = 200.0, 2, 20, "simple"
 REPORT_MAPS = targets.targets("segmentation", "report")[:4]
 REPORT_SEED = splits.sampling_seeds("report", 1)[0]
