@@ -4,8 +4,8 @@
 
 `vae` trains ComfyUI's AutoencoderKL, `unet` ComfyUI's UNetModel on that VAE's latents (so it needs the VAE),
 `flow` its rectified-flow twin, `decoder` the cheap decoder distilled from that VAE's decoder, `guides` the
-guidance networks, `evaluators` their held-out evaluators, and `networks` both. `all` ran in 21 minutes on two CPU cores. Weights are saved
-in half precision.
+guidance networks, `evaluators` their held-out evaluators, and `networks` both. `all` ran in 29 minutes on two
+CPU cores. Weights are saved in half precision.
 """
 from __future__ import annotations
 
