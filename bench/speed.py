@@ -1,6 +1,6 @@
 """Speed and memory of one universal-guidance step, of its parts and of the levers, side by side in one run.
 
-    bash bench/speed [--sizes 256 512] [--batches 1 2] [--reps 1] [--memory-limit-gb 21]
+    bash bench/speed [--sizes 256 512] [--batches 1 2] [--reps 1] [--memory-limit-gb 21] [--parts-only]
 
 The models have Stable Diffusion 1.5's architecture and random weights (ComfyUI's own UNetModel and
 AutoencoderKL, TAESD, open_clip RN50 and torchvision's LR-ASPP MobileNetV3): cost depends on the architecture
@@ -12,7 +12,10 @@ engine, at a mid-schedule step (t = 500), in inference mode as ComfyUI's executo
 - guided: one step of the engine with CLIP text guidance: UNet, VAE decoder and CLIP, forward and backward;
 - its parts, each on its own: UNet forward + backward (with CFG), VAE decoder forward + backward, CLIP
   forward + backward; the segmentation network's forward + backward alongside; the engine's overhead is the
-  guided step less the sum of its parts, the floor our loop can reach;
+  guided step less the sum of its parts, the floor our loop can reach; the decoders' and guidance networks'
+  forwards alone, and TAESD's forward + backward, which with the others give each part's cost per image,
+  forward and backward, written at 512 px and batch 1 to bench/part_costs.json (what `sd_equivalent.py`
+  prices a counted guided run with);
 - the levers: the guidance decoder (the full VAE, TAESD, the full VAE at half and quarter resolution: decode,
   CLIP loss and backward to the latent, and the cosine of each one's gradient to the full VAE's), gradient
   checkpointing, the x0-only gradient (no UNet backward), both also with TAESD, and on CUDA bf16 and fp16
@@ -44,16 +47,22 @@ sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 sys.path.insert(0, PACK_DIR)
 
 CFG, TIMESTEP, NEXT_TIMESTEP = 7.5, 500.0, 480.0
+PART_COSTS_FILE = os.path.join(PACK_DIR, "bench", "part_costs.json")  # read by sd_equivalent.py
+PART_COSTS_SIZE = 512
 PROMPT = "a photograph of a dog"
 GB = 2.0**30
 # Measurements in the order they run; the parts (warmed up first) before the composite steps.
 PARTS = ("unguided", "unet", "vae", "clip", "segmentation",
          "decoder_vae", "decoder_taesd", "decoder_vae_half", "decoder_vae_quarter")
+# Forward passes alone, and TAESD's forward + backward, for the part costs that price a counted run.
+FORWARDS = ("vae_forward", "taesd", "taesd_forward", "clip_forward", "segmentation_forward")
 COMPOSITES = ("guided", "guided_checkpointing", "guided_x0_only", "guided_taesd", "guided_taesd_x0_only")
 AUTOCAST = ("guided_bf16", "guided_fp16")
 LABELS = {
     "unguided": "unguided step", "guided": "guided step", "unet": "UNet fwd+bwd (CFG)", "vae": "VAE decoder fwd+bwd",
     "clip": "CLIP RN50 fwd+bwd", "segmentation": "LR-ASPP fwd+bwd",
+    "vae_forward": "VAE decoder fwd", "taesd": "TAESD decoder fwd+bwd", "taesd_forward": "TAESD decoder fwd",
+    "clip_forward": "CLIP RN50 fwd", "segmentation_forward": "LR-ASPP fwd",
     "decoder_vae": "decoder: full VAE", "decoder_taesd": "decoder: TAESD", "decoder_vae_half": "decoder: VAE at 1/2",
     "decoder_vae_quarter": "decoder: VAE at 1/4",
     "guided_checkpointing": "guided step, checkpointing", "guided_x0_only": "guided step, x0_only",
@@ -266,6 +275,11 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
             "vae": gradient_of(decode, x0_plain, image_direction),
             "clip": gradient_of(lambda im: clip_loss(im).sum(), image),
             "segmentation": gradient_of(lambda im: segmentation_loss(im).sum(), image),
+            "vae_forward": lambda: decode(x0_plain),
+            "taesd": gradient_of(decode_taesd, x0_plain, image_direction),
+            "taesd_forward": lambda: decode_taesd(x0_plain),
+            "clip_forward": lambda: clip_loss(image),
+            "segmentation_forward": lambda: segmentation_loss(image),
             "decoder_vae": clip_through(decode),
             "decoder_taesd": clip_through(decode_taesd),
             "decoder_vae_half": clip_through(pack.decoding.at_reduced_resolution(decode, "half")),
@@ -285,7 +299,7 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
                     if part not in meter.warm:
                         functions[part]()
                         meter.warm.add(part)
-            outputs[name] = meter.run(name, functions[name], warm_up=name in PARTS)
+            outputs[name] = meter.run(name, functions[name], warm_up=name in PARTS + FORWARDS)
             # After every measurement, so that what is known survives a process stopped over the memory limit.
             print("AGREEMENT " + json.dumps(agreement(torch, outputs)), flush=True)
             print("HOST " + json.dumps({"clone_saved": autograd.clone_saved}), flush=True)
@@ -430,7 +444,8 @@ def run_child(command: list[str], memory_limit_gb: float, log):
 
 def run_configuration(size: int, batch: int, args, log) -> tuple[dict, dict, dict]:
     """Every measurement at one size and batch; a fresh process after one goes over the memory limit."""
-    names = list(PARTS + COMPOSITES) + (list(AUTOCAST) if args.with_autocast else [])
+    steps = () if args.parts_only else COMPOSITES + (AUTOCAST if args.with_autocast else ())
+    names = list(PARTS + FORWARDS + steps)
     results, agreement_values, host_info = {}, {}, {}
     while names:
         command = [sys.executable, os.path.abspath(__file__), "--child", "--size", str(size), "--batch", str(batch),
@@ -555,6 +570,29 @@ def toy_table(lines: list[str]) -> str:
     return "\n".join(table)
 
 
+def write_part_costs(results: dict, device: str) -> None:
+    """Seconds per image of each part, forward and backward, at 512 px and batch 1, for `sd_equivalent.py`.
+
+    The UNet's are per image of its CFG batch (it runs on cond and uncond); a backward is the forward + backward
+    measurement less the forward one.
+    """
+    def seconds(name):
+        record = results.get(name, {})
+        if "seconds" not in record:
+            raise RuntimeError(f"bench/speed: no measurement of {LABELS[name]} at {PART_COSTS_SIZE} px, so no part costs")
+        return record["seconds"]
+
+    parts = {"unet": ("unguided", "unet", 2), "vae": ("vae_forward", "vae", 1), "taesd": ("taesd_forward", "taesd", 1),
+             "clip": ("clip_forward", "clip", 1), "segmentation": ("segmentation_forward", "segmentation", 1)}
+    costs = {part: {"forward": seconds(forward) / images, "backward": max(0.0, seconds(both) - seconds(forward)) / images}
+             for part, (forward, both, images) in parts.items()}
+    with open(PART_COSTS_FILE, "w") as f:
+        json.dump({"device": device, "size": PART_COSTS_SIZE, "date": time.strftime("%Y-%m-%d"),
+                   "seconds_per_image": costs}, f, indent=1)
+        f.write("\n")
+    print(f"Part costs at {PART_COSTS_SIZE} px written to {PART_COSTS_FILE}.")
+
+
 def parent(args) -> None:
     import torch
 
@@ -584,6 +622,8 @@ def parent(args) -> None:
     print("\n" + text)
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump({f"{size}x{batch}": value for (size, batch), value in all_results.items()}, f, indent=1)
+    if (PART_COSTS_SIZE, 1) in all_results:
+        write_part_costs(all_results[(PART_COSTS_SIZE, 1)][0], f"{device}, torch {torch.__version__}")
     with open(os.path.join(args.output, "table.md"), "w") as f:
         f.write(text + "\n")
 
@@ -597,6 +637,8 @@ def main() -> None:
     parser.add_argument("--with-autocast", action="store_true",
                         help="also measure bf16 and fp16 autocast (on by default on CUDA)")
     parser.add_argument("--skip-toy", action="store_true", help="leave out the toy world agreement section")
+    parser.add_argument("--parts-only", action="store_true",
+                        help="measure the parts only (what part_costs.json needs), not the composite steps")
     parser.add_argument("--output", default=os.path.join(PACK_DIR, "bench-output", "speed"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--toy", action="store_true", help=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ clones (never through `.data`), and decoding uses `first_stage_model.decode` wit
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import comfy.samplers
 from ..samplers.autograd_safety import make_autograd_safe
 from ..samplers.checkpointing import checkpointed, outermost_blocks
 from ..samplers.decoding import DECODE_RESOLUTIONS, at_reduced_resolution
+from ..samplers.pass_counts import PassCounts, report
 from ..samplers.precision import AUTOCAST_DTYPES
 from ..samplers.universal_guidance import GRADIENT_PATHS, sample_universal_guidance
 
@@ -120,10 +122,34 @@ def checkpoint_blocks(base_model, vae) -> list[torch.nn.Module]:
     return blocks
 
 
-def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, decode_resolution: str = "full"):
+def counting_unet(extra_args: dict, counts: PassCounts) -> dict:
+    """extra_args whose model options count the UNet's calls, with the CFG batch, around any wrapper already there."""
+    model_options = dict(extra_args.get("model_options") or {})
+    inner = model_options.get("model_function_wrapper")
+
+    def wrapper(apply_model, args):
+        x = args["input"]
+        out = inner(apply_model, args) if inner else apply_model(x, args["timestep"], **args["c"])
+        return counts.add("unet", out, x.shape[0])
+
+    model_options["model_function_wrapper"] = wrapper
+    return {**extra_args, "model_options": model_options}
+
+
+def pass_summary(counts: PassCounts, samples: int, seconds: float) -> str:
+    per_sample = counts.per_sample(samples)
+    parts = {"unet": "UNet (with the CFG batch)", "decoder": "guidance decoder", "guidance_network": "guidance losses"}
+    passes = ", ".join(f"{label} {per_sample.forward[part]:g} forward / {per_sample.backward[part]:g} backward"
+                       for part, label in parts.items())
+    return f"Universal guidance: {samples} sample(s) in {seconds:.1f} s; per sample, {passes}."
+
+
+def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, decode_resolution: str = "full",
+                            counts: PassCounts | None = None):
     """Load the UNet, the VAE and the guidance networks, make them autograd-safe, and build the decoder.
 
-    `model` is the denoiser ComfyUI hands a sampler function. Returns (base model, extra_args, decode).
+    `model` is the denoiser ComfyUI hands a sampler function. With `counts`, the UNet's and the decoder's passes
+    are counted. Returns (base model, extra_args, decode).
     """
     base_model = model.inner_model.inner_model
     extra_args = _normal_copies(model, extra_args)
@@ -135,17 +161,22 @@ def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, decode_re
     if getattr(comfy.model_management, "sage_attention_enabled", lambda: False)():
         log.warning("Universal guidance: SageAttention has no backward pass, so the guidance gradient loses the "
                     "attention layers' share. Start ComfyUI without --use-sage-attention for exact guidance.")
-    return base_model, extra_args, at_reduced_resolution(make_decoder(base_model, vae), decode_resolution)
+    decode = make_decoder(base_model, vae)
+    if counts is not None:
+        extra_args = counting_unet(extra_args, counts)
+        decode = counts.counted("decoder", decode, full_area=x_shape[-2] * x_shape[-1])
+    return base_model, extra_args, at_reduced_resolution(decode, decode_resolution)
 
 
 def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, guidance, vae, recurrence, base,
             speed: SpeedOptions):
+    start, counts = time.perf_counter(), PassCounts()
     base_model, extra_args, decode = prepare_guided_sampling(model, x.shape, extra_args, guidance, vae,
-                                                             speed.decode_resolution)
+                                                             speed.decode_resolution, counts)
     blocks = checkpoint_blocks(base_model, vae) if speed.checkpointing else []
     try:
         with checkpointed(blocks):
-            return sample_universal_guidance(
+            samples = sample_universal_guidance(
                 model, x, sigmas, extra_args, callback, disable,
                 guidance=guidance,
                 decode=decode,
@@ -157,6 +188,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                 guidance_every=speed.guidance_every,
                 gradient=speed.gradient,
                 autocast=speed.autocast,
+                counts=counts,
             )
     except torch.OutOfMemoryError:
         # Re-raised unchanged so that ComfyUI still frees its models; this says what to change.
@@ -164,6 +196,9 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                   "sampler a TAESD guidance_vae or a lower decode_resolution, use gradient x0_only, or lower the "
                   "resolution, batch size or backward steps.")
         raise
+    log.info(pass_summary(counts, x.shape[0], time.perf_counter() - start))
+    report(counts)
+    return samples
 
 
 def universal_guidance_sampler(guidance, vae, recurrence: int, base: str,

@@ -24,6 +24,7 @@ from tqdm.auto import trange
 
 from .autograd_safety import clone_saved_activations, is_inplace_autograd_error
 from .decoding import Decode
+from .pass_counts import PassCounts
 from .parameterization import NoiseScaling, alpha_bar, forward_guidance_scale, noise_coefficients
 from .precision import GuidancePrecision
 from .terms import BoundLoss, GuidanceTerm
@@ -274,6 +275,7 @@ def sample_universal_guidance(
     guidance_every: int = 1,
     gradient: str = "through_unet",
     autocast: str = "off",
+    counts: PassCounts | None = None,
 ) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
@@ -294,6 +296,8 @@ def sample_universal_guidance(
         guidance_every: guide only steps 0, N, 2N, …; the others are plain steps, taken once.
         gradient: "through_unet" (eq. 6) or "x0_only" (forward guidance without the denoiser's backward).
         autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
+        counts: if given, counts the denoiser's and the guidance losses' passes as they run (the caller, who
+            builds `decode` and the model, counts the decoder and the network inside the denoiser).
     """
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
@@ -313,6 +317,9 @@ def sample_universal_guidance(
 
     with torch.inference_mode(False):
         bound = [(term, term.loss.bind(x.device)) for term in guidance]
+    if counts is not None:
+        model = counts.counted("denoiser", model)
+        bound = [(term, counts.counted("guidance_network", fn)) for term, fn in bound]
     precision = GuidancePrecision(autocast, x.device.type)
     guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved, gradient, precision)
     s_in = x.new_ones([x.shape[0]])

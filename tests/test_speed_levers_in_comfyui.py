@@ -28,10 +28,10 @@ def toy(comfy):
                 guidance=guidance)
 
 
-def guided(comfy, toy, **speed):
+def guided(comfy, toy, cfg=1.0, **speed):
     with torch.inference_mode():
         (out,) = node(comfy, "UniversalGuidedKSampler").sample(
-            seed=SEED, steps=STEPS, cfg=1.0, sampler="ddim", scheduler="normal", denoise=1.0, recurrence=2,
+            seed=SEED, steps=STEPS, cfg=cfg, sampler="ddim", scheduler="normal", denoise=1.0, recurrence=2,
             **toy, **speed)
     return out["samples"]
 
@@ -94,3 +94,16 @@ def test_the_sampler_node_for_custom_sampling_takes_the_same_levers(comfy, toy):
 def test_bad_lever_settings_are_rejected_before_sampling(comfy, toy, speed, message):
     with pytest.raises(ValueError, match=message):
         guided(comfy, toy, **speed)
+
+
+def test_a_guided_run_counts_the_unet_with_its_cfg_batch_and_the_decoder_at_its_size(comfy, toy):
+    pass_counts = comfy.pack_module("samplers.pass_counts")
+    with pass_counts.recording() as counts:
+        guided(comfy, toy, cfg=3.0, guidance_every=2, decode_resolution="half")
+    samples, guided_passes, plain_passes = 2, 3 * 2, 3  # steps 0, 2 and 4 guided with k = 2, the others plain
+    assert counts.forward["denoiser"] == samples * (guided_passes + plain_passes)
+    assert counts.forward["unet"] == 2 * counts.forward["denoiser"]  # cond and uncond in one batch
+    assert counts.backward["unet"] == 2 * counts.backward["denoiser"] == 2 * samples * guided_passes
+    decodes = samples * guided_passes * (1 + SETTINGS["backward_steps"])  # forward guidance, then each backward step
+    assert counts.forward["decoder"] == counts.backward["decoder"] == decodes / 4  # a quarter of the area
+    assert counts.forward["guidance_network"] == counts.backward["guidance_network"] == decodes
