@@ -15,7 +15,11 @@ unguided, once guided. The evaluators (other architectures, trained on other sce
 Realism is the toy UNet's own denoising error on the samples (re-encoded with the VAE), at fixed noise levels
 and noise; lower is more like the training data. Before the rows it prints KID (toy_world/evaluation.py) checked
 on images whose answer is known: other real scenes, unguided samples, and those samples with strong noise.
-Seconds are wall time per sample on this machine. It prints a Markdown table and saves it, with one picture grid per row (target | unguided | guided, a row per seed).
+Seconds are wall time per sample on this machine. The SD 1.5 cost is what the same run would cost on Stable
+Diffusion 1.5 at 512 px, as a multiple of an unguided 20-step run: the passes that the sampler counted, priced
+with bench/speed's part costs (bench/sd_equivalent.py); the segmentation guide is priced as LR-ASPP, the others as
+CLIP RN50. It prints a Markdown table and saves it, with one picture grid per row (target | unguided | guided, a
+row per seed).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 sys.path.insert(0, PACK_DIR)
 from comfy_headless import ComfyHost  # noqa: E402
 
+from bench import sd_equivalent  # noqa: E402
 from guidance.segmentation import voc_palette  # noqa: E402
 from toy_world import data, evaluation, networks, splits  # noqa: E402
 
@@ -50,6 +55,7 @@ class Toy:
 
     def __init__(self, host: ComfyHost):
         self.nodes = host.nodes.NODE_CLASS_MAPPINGS
+        self.pass_counts = host.pack_module("samplers.pass_counts")
         with torch.inference_mode():
             self.model, self.vae, self.unconditional, self.cheap_vae = self.call("UGDToyWorldLoader", "load")
             self.segmenter, self.classifier, self.detector = self.call("UGDToyWorldGuidanceNetworks", "load")
@@ -221,8 +227,8 @@ def main() -> None:
              f"KID against {len(splits.REALISM_SEEDS)} real held-out scenes (mean ± std over subsets; "
              f"{KID_CHECK_SAMPLES} unguided samples, 20 steps):"]
     lines += [f"- {name}: {mean:.1f} ± {std:.1f}" for name, (mean, std) in checks.items()] + ["",
-             "| task | guidance | steps | k | unguided | guided | realism (unguided → guided) | s / sample |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| task | guidance | steps | k | unguided | guided | realism (unguided → guided) | s / sample "
+             "| SD 1.5 cost (unguided → guided) |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     unguided, results = {}, []
     for task, mode, steps, recurrence in settings_to_run():
@@ -231,14 +237,19 @@ def main() -> None:
             unguided[steps] = images, toy.denoising_error(images)
         base_images, base_realism = unguided[steps]
         start = time.time()
-        images = toy.sample(tasks.guidance(task, *MODES[mode]), args.seeds, steps, recurrence)
+        with toy.pass_counts.recording() as counts:
+            images = toy.sample(tasks.guidance(task, *MODES[mode]), args.seeds, steps, recurrence)
         seconds = (time.time() - start) / args.seeds
+        per_sample = counts.per_sample(args.seeds)
+        cost = sd_equivalent.sd15_multiple(per_sample.forward, per_sample.backward, "vae",
+                                           "segmentation" if task == "segmentation" else "clip")
         result = dict(task=task, mode=mode, steps=steps, k=recurrence, seconds=seconds,
                       unguided=float(tasks.score(task, base_images).mean()), guided=float(tasks.score(task, images).mean()))
         results.append(result)
         unit = " dB" if task == "inpainting" else ""
         lines.append(f"| {task} | {mode} | {steps} | {recurrence} | {result['unguided']:.3f}{unit} | {result['guided']:.3f}{unit} | "
-                     f"{base_realism:.3f} → {toy.denoising_error(images):.3f} | {seconds:.2f} |")
+                     f"{base_realism:.3f} → {toy.denoising_error(images):.3f} | {seconds:.2f} | "
+                     f"{sd_equivalent.unguided_multiple(steps):.2f}× → {cost:.1f}× |")
         print(lines[-1], flush=True)
         name = f"{task}_{mode.replace(' + ', '_')}_steps{steps}_k{recurrence}.png".replace(" ", "_")
         save_grid(os.path.join(args.output, name), [tasks.picture(task)[None], base_images, images])
