@@ -1,0 +1,305 @@
+"""Quality against cost on the toy world's held-out targets: every setting's score, realism and counted cost.
+
+    bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--output bench-output/frontier]
+
+A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
+ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
+the pack's Universal Guided KSampler, batched by seed: sample i of a batch is guided to target i. That is fair,
+because every guidance loss depends on its own sample's image only (the engine's loss protocol): without
+recurrence a batch gives each sample exactly what a run of its own would (tests/test_toy_world_frontier.py),
+and with it only the re-noising noise differs, drawn for the whole batch, from the same distribution. Unguided
+rows are ComfyUI's KSampler with euler (DDIM) from the same initial noise.
+
+Each row gives the held-out evaluators' score, its mean with a 95% interval (bootstrap over targets and seeds),
+the realism figures (the toy UNet's denoising error on the samples, lower is closer to real scenes; KID against
+the 512 real scenes, mean ± std over subsets), and the cost: the passes the sampler counted, priced as Stable
+Diffusion 1.5 at 512 px in unguided 20-step runs (bench/sd_equivalent.py), and the toy's wall time per sample.
+
+The tuning half is for choosing settings; tables for the README come from the report half (toy_world/splits.py).
+The guidance weights are those of bench/toy-world-quality: hand-picked on seeds 42-49, not on either half.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
+sys.path.insert(0, PACK_DIR)
+from comfy_headless import ComfyHost  # noqa: E402
+
+from bench import sd_equivalent  # noqa: E402
+from guidance.segmentation import voc_palette  # noqa: E402
+from toy_world import evaluation, networks, splits, targets  # noqa: E402
+
+TASKS = ("segmentation", "classification", "location", "inpainting", "combination")
+MODELS = ("eps", "flow")
+SCHEDULERS = {"eps": "ddim_uniform", "flow": "simple"}
+# (w of s(t) = w·√(1−ᾱ), backward Adam lr) per task, as bench/toy-world-quality; combination uses the first two.
+WEIGHTS = {"segmentation": (100.0, 0.1), "classification": (8.0, 0.1), "location": (2.0, 0.1), "inpainting": (20.0, 0.1)}
+# The flow twin's segmentation weight, 200, was chosen on the tuning half (tests/test_toy_world_flow.py); the other
+# tasks take the same factor, untuned.
+MODEL_WEIGHT_SCALE = {"eps": 1.0, "flow": 2.0}
+# Paper mode follows the paper's experiment for each task: on Stable Diffusion (segmentation) and for CLIP on
+# ImageNet (classification) forward guidance only (m = 0); object location on ImageNet forward and backward;
+# inpainting backward only (s(t) = 0); the segmentation-and-classifier combination forward only.
+PAPER_BACKWARD_STEPS = {"segmentation": 0, "classification": 0, "location": 3, "inpainting": 3, "combination": 0}
+BACKWARD_ONLY = {"inpainting"}
+BOOTSTRAP_DRAWS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """The sampler's levers for one row; the defaults are paper mode but for backward_steps (None: the task's)."""
+
+    name: str
+    steps: int = 20
+    recurrence: int = 10
+    gradient: str = "through_unet"
+    decode_resolution: str = "full"
+    cheap_decoder: bool = False
+    guidance_every: int = 1
+    end_percent: float = 1.0
+    backward_steps: int | None = None
+    guided: bool = True
+
+
+UNGUIDED = Setting("unguided", recurrence=1, guided=False)
+PAPER = Setting("paper")
+
+
+def lever_sweep() -> list[Setting]:
+    """Paper mode with one lever changed at a time."""
+    return [
+        Setting("cheap decoder", cheap_decoder=True), Setting("x0_only", gradient="x0_only"),
+        Setting("decode half", decode_resolution="half"), Setting("decode quarter", decode_resolution="quarter"),
+        *[Setting(f"every {n}", guidance_every=n) for n in (2, 4)],
+        *[Setting(f"first {round(100 * p)}%", end_percent=p) for p in (0.3, 0.5, 0.7)],
+        *[Setting(f"k = {k}", recurrence=k) for k in (1, 2, 4)],
+        *[Setting(f"steps {n}", steps=n) for n in (10, 50)],
+        *[Setting(f"m = {m}", backward_steps=m) for m in (0, 1, 3, 5)],
+    ]
+
+
+class PerSampleLoss:
+    """Sample i's loss is loss i's: one batch guides each sample to its own target."""
+
+    def __init__(self, losses: Sequence):
+        self.losses = tuple(losses)
+
+    def check(self, batch: int, height: int, width: int) -> None:
+        if batch != len(self.losses):
+            raise ValueError(f"{len(self.losses)} targets for a batch of {batch}")
+        for loss in self.losses:
+            loss.check(1, height, width)
+
+    def bind(self, device):
+        bound = [loss.bind(device) for loss in self.losses]
+        return lambda image: torch.cat([fn(image[i:i + 1]) for i, fn in enumerate(bound)])
+
+
+def per_sample(guidances: Sequence[tuple]) -> tuple:
+    """One guidance whose terms guide sample i as guidances[i]'s do (each with the same settings)."""
+    return tuple(dataclasses.replace(terms[0], loss=PerSampleLoss([t.loss for t in terms]))
+                 for terms in zip(*guidances))
+
+
+def map_picture(segmentation) -> torch.Tensor:
+    """A class map as the (1, H, W, 3) VOC-palette picture that Segmentation Guidance reads."""
+    return (voc_palette()[torch.from_numpy(segmentation).long()].float() / 255)[None]
+
+
+class Toy:
+    """The toy world's nodes, called as ComfyUI's executor calls them (in inference mode)."""
+
+    def __init__(self, host: ComfyHost):
+        self.nodes = host.nodes.NODE_CLASS_MAPPINGS
+        self.pass_counts = host.pack_module("samplers.pass_counts")
+        self.models = {}
+        for model in MODELS:
+            try:
+                self.models[model] = self.call("UGDToyWorldLoader", "load", diffusion_model=model)
+            except ValueError as error:  # a ComfyUI without flow sampling
+                print(f"No {model} rows: {error}", flush=True)
+        self.segmenter, self.classifier, self.detector = self.call("UGDToyWorldGuidanceNetworks", "load")
+        self.evaluators = {kind: networks.load(kind, "evaluator") for kind in networks.KINDS}
+
+    def call(self, node: str, function: str, **inputs):
+        with torch.inference_mode():
+            return getattr(self.nodes[node](), function)(**inputs)
+
+    def guidance(self, task: str, target, weight: float, backward_steps: int, end_percent: float) -> tuple:
+        def settings(task_name):
+            w, lr = WEIGHTS[task_name]
+            return dict(weight=w * weight, schedule="paper", backward_steps=backward_steps, backward_lr=lr,
+                        optimizer="adam", start_percent=0.0, end_percent=end_percent)
+
+        if task == "segmentation":
+            return self.call("UGDSegmentationGuidance", "guide", segmentation_model=self.segmenter, class_name="circle",
+                             outside_mask="background", target_map=map_picture(target.segmentation), **settings(task))[0]
+        if task == "classification":
+            return self.call("UGDClassifierGuidance", "guide", classifier=self.classifier, target_class=target.name,
+                             **settings(task))[0]
+        if task == "location":
+            boxes = "\n".join(f"{shape} {' '.join(f'{v:.4f}' for v in box)}" for shape, box in target.boxes)
+            return self.call("UGDObjectLocationGuidance", "guide", detector=self.detector, boxes=boxes, units="fractions",
+                             proposal_seed=0, **settings(task))[0]
+        if task == "inpainting":
+            image = torch.from_numpy(target.image).float()[None] / 255
+            hole = 1 - torch.from_numpy(target.known())[None]
+            return self.call("UGDImageReconstructionGuidance", "guide", image=image, mask=hole, **settings(task))[0]
+        if task == "combination":
+            return (self.guidance("segmentation", target.map, weight, backward_steps, end_percent)
+                    + self.guidance("classification", targets.ClassTarget(target.class_name), weight, backward_steps, end_percent))
+        raise ValueError(f"unknown task {task!r}")
+
+    def sample(self, model: str, task: str, task_targets: Sequence, setting: Setting, seed: int) -> torch.Tensor:
+        """Decoded images (B, 3, H, W) in [0, 1], sample i for target i."""
+        unet, vae, unconditional, cheap_vae = self.models[model]
+        latent = self.call("UGDEmptyToyWorldLatent", "generate", batch_size=len(task_targets))[0]
+        common = dict(model=unet, positive=unconditional, negative=unconditional, latent_image=latent, seed=seed,
+                      steps=setting.steps, cfg=1.0, scheduler=SCHEDULERS[model], denoise=1.0)
+        if not setting.guided:
+            samples = self.call("KSampler", "sample", sampler_name="euler", **common)[0]
+        else:
+            backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
+            weight = 0.0 if task in BACKWARD_ONLY else MODEL_WEIGHT_SCALE[model]
+            guidance = per_sample([self.guidance(task, t, weight, backward_steps, setting.end_percent) for t in task_targets])
+            samples = self.call("UniversalGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler="ddim",
+                                recurrence=setting.recurrence, guidance_vae=cheap_vae if setting.cheap_decoder else vae,
+                                guidance_every=setting.guidance_every, gradient=setting.gradient,
+                                decode_resolution=setting.decode_resolution, **common)[0]
+        with torch.inference_mode():
+            return vae.decode(samples["samples"]).movedim(-1, 1).clone()
+
+    def denoising_error(self, model: str, images: torch.Tensor) -> torch.Tensor:
+        """Per image, the ε model's mean ε-prediction error on the images' latents at fixed timesteps and noise."""
+        base, vae = self.models["eps"][0].model, self.models[model][1]
+        with torch.inference_mode():
+            latents = base.process_latent_in(vae.encode(images.movedim(1, -1)))
+            alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)
+            generator = torch.Generator().manual_seed(0)
+            errors = []
+            for t in (100, 300, 500, 700):
+                noise = torch.randn(latents.shape, generator=generator)
+                noisy = alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * noise
+                predicted = base.diffusion_model(noisy, torch.full((len(latents),), float(t)))
+                errors.append(((predicted - noise) ** 2).mean(dim=(1, 2, 3)))
+            return torch.stack(errors).mean(0)
+
+    def score(self, task: str, task_targets: Sequence, images: torch.Tensor) -> torch.Tensor:
+        """Per image, the held-out evaluator's score of image i against target i."""
+        evaluators = self.evaluators
+        if task == "segmentation":
+            maps = torch.stack([torch.from_numpy(t.segmentation).long() for t in task_targets])
+            return evaluation.segmentation_score(evaluators["segmenter"], images, maps)
+        if task == "classification":
+            return torch.cat([evaluation.classification_score(evaluators["classifier"], image[None],
+                                                              networks.CLASSIFIER_CLASSES.index(t.name))
+                              for image, t in zip(images, task_targets)])
+        if task == "location":
+            return torch.cat([evaluation.location_score(evaluators["box_predictor"], image[None], dict(t.boxes))
+                              for image, t in zip(images, task_targets)])
+        if task == "inpainting":
+            references = torch.stack([torch.from_numpy(t.image).permute(2, 0, 1).float() / 255 for t in task_targets])
+            known = torch.stack([torch.from_numpy(t.known()) for t in task_targets])
+            return evaluation.masked_psnr(images, references, known)
+        maps = [t.map for t in task_targets]
+        classes = [targets.ClassTarget(t.class_name) for t in task_targets]
+        return (self.score("segmentation", maps, images) + self.score("classification", classes, images)) / 2
+
+
+def bootstrap_interval(scores: torch.Tensor, draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float]:
+    """95% interval of the mean of scores (targets, seeds), resampling targets and seeds with replacement."""
+    generator = torch.Generator().manual_seed(0)
+    t, s = scores.shape
+    means = torch.stack([scores[torch.randint(t, (t,), generator=generator)][:, torch.randint(s, (s,), generator=generator)].mean()
+                         for _ in range(draws)])
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975]))
+    return float(low), float(high)
+
+
+def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setting: Setting, half: str,
+            target_count: int, seed_count: int) -> dict:
+    task_targets = targets.targets(task, half)[:target_count]
+    if len(task_targets) < target_count:
+        raise ValueError(f"{task} has {len(task_targets)} {half} targets, fewer than --targets {target_count}")
+    scores, errors, images_all, seconds = [], [], [], 0.0
+    with toy.pass_counts.recording() as counts:
+        for seed in splits.sampling_seeds(half, seed_count):
+            start = time.time()
+            images = toy.sample(model, task, task_targets, setting, seed)
+            seconds += time.time() - start
+            scores.append(toy.score(task, task_targets, images))
+            errors.append(toy.denoising_error(model, images))
+            images_all.append(images)
+    samples = target_count * seed_count
+    per_sample = counts.per_sample(samples)
+    guide = "segmentation" if task == "segmentation" else "clip"
+    cost = (sd_equivalent.sd15_multiple(per_sample.forward, per_sample.backward,
+                                        "taesd" if setting.cheap_decoder else "vae", guide)
+            if setting.guided else sd_equivalent.unguided_multiple(setting.steps))
+    table = torch.stack(scores, 1)  # (targets, seeds)
+    kid, kid_spread = evaluation.kid(features, torch.cat(images_all), real)
+    return dict(model=model, task=task, setting=setting.name, mean=float(table.mean()), interval=bootstrap_interval(table),
+                samples=samples, denoising_error=float(torch.cat(errors).mean()), kid=kid, kid_spread=kid_spread,
+                sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict())
+
+
+def rows_to_run(quick: bool, models: Sequence[str]) -> list[tuple[str, str, Setting]]:
+    """(model, task, setting): unguided and paper mode everywhere, the lever sweep on segmentation and location
+    with the ε model and on segmentation with the flow model; --quick: segmentation with the ε model only."""
+    if quick:
+        return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, Setting("cheap decoder", cheap_decoder=True),
+                                                     Setting("k = 2", recurrence=2))]
+    rows = [(model, task, s) for model in models for task in TASKS for s in (UNGUIDED, PAPER)]
+    swept = [("eps", "segmentation"), ("eps", "location"), ("flow", "segmentation")]
+    rows += [(model, task, s) for model, task in swept if model in models for s in lever_sweep()]
+    return rows
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| model | task | setting | score (95% interval) | n | denoising error | KID | SD 1.5 cost | s / sample |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        unit = " dB" if r["task"] == "inpainting" else ""
+        lines.append(f"| {r['model']} | {r['task']} | {r['setting']} | {r['mean']:.3f}{unit} ({r['interval'][0]:.3f}–"
+                     f"{r['interval'][1]:.3f}) | {r['samples']} | {r['denoising_error']:.3f} | {r['kid']:.0f} ± "
+                     f"{r['kid_spread']:.0f} | {r['sd15_cost']:.2f}× | {r['seconds']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--half", default="report", choices=splits.HALVES)
+    parser.add_argument("--quick", action="store_true", help="4 rows on segmentation with the ε model, 4 targets × 1 seed")
+    parser.add_argument("--targets", type=int, default=16, help="targets per row (default 16)")
+    parser.add_argument("--seeds", type=int, default=2, help="sampling seeds per target (default 2)")
+    parser.add_argument("--output", default=os.path.join(PACK_DIR, "bench-output", "frontier"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.targets, args.seeds = 4, 1
+    os.makedirs(args.output, exist_ok=True)
+    toy = Toy(ComfyHost(os.environ["COMFYUI_PATH"]))
+    features = evaluation.RealismFeatures(toy.evaluators["classifier"])
+    real = evaluation.real_scenes()
+    started, results = time.time(), []
+    print(f"{args.half} half, {args.targets} targets × {args.seeds} seeds per row", flush=True)
+    for model, task, setting in rows_to_run(args.quick, tuple(toy.models)):
+        results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
+        print(markdown(results[-1:]).splitlines()[-1], flush=True)
+    text = markdown(results) + f"\n\n{len(results)} rows in {(time.time() - started) / 60:.1f} min on this machine.\n"
+    with open(os.path.join(args.output, f"results_{args.half}.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A tiny smoke run of the quality-against-cost benchmark's harness (bench/toy_world_frontier.py) in a real
+ComfyUI; it times nothing. Batching targets must give each sample what a run of its own gives."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import toy_world_frontier as frontier
+from toy_world import splits, targets
+
+TINY = frontier.Setting("tiny", steps=3, recurrence=2, backward_steps=1)
+
+
+@pytest.fixture(scope="module")
+def toy(comfy):
+    return frontier.Toy(comfy)
+
+
+def test_a_batch_of_targets_guides_each_sample_as_a_run_of_its_own(toy):
+    """Without recurrence, whose re-noising is drawn for the whole batch, the run is deterministic given its noise."""
+    task_targets = targets.targets("location", "tuning")[:2]
+    seed = splits.sampling_seeds("tuning", 1)[0]
+    once = frontier.dataclasses.replace(TINY, recurrence=1)
+    batched = toy.sample("eps", "location", task_targets, once, seed)
+    alone = toy.sample("eps", "location", task_targets[:1], once, seed)
+    unguided = toy.sample("eps", "location", task_targets[:1], frontier.Setting("plain", steps=3, guided=False), seed)
+    torch.testing.assert_close(batched[:1], alone, atol=2e-3, rtol=0)
+    assert (alone - unguided).abs().mean() > 1e-3  # guidance moved it
+
+
+def test_a_row_reports_a_score_with_its_interval_realism_and_counted_cost(toy):
+    features = frontier.evaluation.RealismFeatures(toy.evaluators["classifier"])
+    real = frontier.evaluation.real_scenes(splits.REALISM_SEEDS[:16])
+    row = frontier.run_row(toy, features, real, "eps", "combination", TINY, "tuning", 2, 2)
+    plain = frontier.run_row(toy, features, real, "eps", "combination", frontier.Setting("plain", steps=3, guided=False),
+                             "tuning", 2, 2)
+    assert row["samples"] == 4 and 0 <= row["interval"][0] <= row["mean"] <= row["interval"][1] <= 1
+    assert row["passes"]["forward"]["denoiser"] == 3 * 2  # 3 steps, k = 2, per sample
+    assert row["passes"]["backward"]["guidance_network"] == 2 * 3 * 2 * (1 + 1)  # two terms, forward + 1 backward step
+    assert row["sd15_cost"] > plain["sd15_cost"] > 0 and row["denoising_error"] > 0
+    assert "| eps | combination | tiny |" in frontier.markdown([row])
+
+
+def test_the_sweep_changes_one_lever_of_paper_mode_at_a_time():
+    for setting in frontier.lever_sweep():
+        changed = {f.name for f in frontier.dataclasses.fields(frontier.Setting)
+                   if getattr(setting, f.name) != getattr(frontier.PAPER, f.name)} - {"name"}
+        assert len(changed) == 1, (setting, changed)
