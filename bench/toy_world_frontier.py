@@ -1,6 +1,6 @@
 """Quality against cost on the toy world's held-out targets: every setting's score, realism and counted cost.
 
-    bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--output bench-output/frontier]
+    bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--tasks …] [--models …]
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
 ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
@@ -252,15 +252,15 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
                 sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict())
 
 
-def rows_to_run(quick: bool, models: Sequence[str]) -> list[tuple[str, str, Setting]]:
+def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS) -> list[tuple[str, str, Setting]]:
     """(model, task, setting): unguided and paper mode everywhere, the lever sweep on segmentation and location
     with the ε model and on segmentation with the flow model; --quick: segmentation with the ε model only."""
     if quick:
         return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, Setting("cheap decoder", cheap_decoder=True),
                                                      Setting("k = 2", recurrence=2))]
-    rows = [(model, task, s) for model in models for task in TASKS for s in (UNGUIDED, PAPER)]
+    rows = [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER)]
     swept = [("eps", "segmentation"), ("eps", "location"), ("flow", "segmentation")]
-    rows += [(model, task, s) for model, task in swept if model in models for s in lever_sweep()]
+    rows += [(model, task, s) for model, task in swept if model in models and task in tasks for s in lever_sweep()]
     return rows
 
 
@@ -281,6 +281,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="4 rows on segmentation with the ε model, 4 targets × 1 seed")
     parser.add_argument("--targets", type=int, default=16, help="targets per row (default 16)")
     parser.add_argument("--seeds", type=int, default=2, help="sampling seeds per target (default 2)")
+    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, help="only these tasks' rows")
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="only these models' rows")
     parser.add_argument("--output", default=os.path.join(PACK_DIR, "bench-output", "frontier"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -291,7 +293,8 @@ def main(argv=None) -> list[dict]:
     real = evaluation.real_scenes()
     started, results = time.time(), []
     print(f"{args.half} half, {args.targets} targets × {args.seeds} seeds per row", flush=True)
-    for model, task, setting in rows_to_run(args.quick, tuple(toy.models)):
+    models = [model for model in args.models if model in toy.models]
+    for model, task, setting in rows_to_run(args.quick, models, args.tasks):
         results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
         print(markdown(results[-1:]).splitlines()[-1], flush=True)
     text = markdown(results) + f"\n\n{len(results)} rows in {(time.time() - started) / 60:.1f} min on this machine.\n"
