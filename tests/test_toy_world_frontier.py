@@ -46,3 +46,12 @@ def test_the_sweep_changes_one_lever_of_paper_mode_at_a_time():
         changed = {f.name for f in frontier.dataclasses.fields(frontier.Setting)
                    if getattr(setting, f.name) != getattr(frontier.PAPER, f.name)} - {"name"}
         assert len(changed) == 1, (setting, changed)
+
+
+def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
+    rows = frontier.rows_to_run(False, frontier.MODELS)
+    assert {(m, t) for m, t, s in rows if s in (frontier.UNGUIDED, frontier.PAPER)} == \
+        {(m, t) for m in frontier.MODELS for t in frontier.TASKS}
+    picked = frontier.rows_to_run(False, ["eps"], ["segmentation"])
+    assert {(m, t) for m, t, _ in picked} == {("eps", "segmentation")}
+    assert len(picked) == 2 + len(frontier.lever_sweep())
