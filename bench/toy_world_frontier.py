@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -275,6 +276,54 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cost, score) points that no other point beats on both, cheapest first."""
+    front, best = [], float("-inf")
+    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if score > best:
+            front.append((cost, score))
+            best = score
+    return front
+
+
+def plot(results: list[dict], path: str) -> None:
+    """A PNG, one panel per task: score against SD 1.5 cost (log axis), unguided and paper mode marked, each
+    model's Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        for model, colour in zip(MODELS, ("tab:blue", "tab:orange")):
+            rows = [r for r in results if r["task"] == task and r["model"] == model]
+            if not rows:
+                continue
+            costs, means = [r["sd15_cost"] for r in rows], [r["mean"] for r in rows]
+            errors = [[r["mean"] - r["interval"][0] for r in rows], [r["interval"][1] - r["mean"] for r in rows]]
+            axis.errorbar(costs, means, yerr=errors, fmt=".", color=colour, alpha=0.6, label=f"{model} settings")
+            front = pareto_front(list(zip(costs, means)))
+            axis.plot(*zip(*front), "-", color=colour, alpha=0.8, label=f"{model} Pareto front")
+            for r in rows:
+                marked = r["setting"] in (UNGUIDED.name, PAPER.name)
+                if marked:
+                    marker = "s" if r["setting"] == UNGUIDED.name else "*"
+                    axis.plot(r["sd15_cost"], r["mean"], marker, color=colour, markersize=11, markeredgecolor="black")
+                axis.annotate(r["setting"], (r["sd15_cost"], r["mean"]), textcoords="offset points", xytext=(4, 3),
+                              fontsize=9 if marked else 6, color="black" if marked else colour)
+        axis.set_xscale("log")
+        axis.set_title(task)
+        axis.set_xlabel("cost on SD 1.5, 512 px (unguided 20-step runs)")
+        axis.set_ylabel("PSNR over known pixels (dB)" if task == "inpainting" else "held-out evaluator's score")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--half", default="report", choices=splits.HALVES)
@@ -300,7 +349,10 @@ def main(argv=None) -> list[dict]:
     text = markdown(results) + f"\n\n{len(results)} rows in {(time.time() - started) / 60:.1f} min on this machine.\n"
     with open(os.path.join(args.output, f"results_{args.half}.md"), "w") as f:
         f.write(text)
-    print("\n" + text)
+    with open(os.path.join(args.output, f"results_{args.half}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot(results, os.path.join(args.output, f"frontier_{args.half}.png"))
+    print("\n" + text + f"\nwrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png")
     return results
 
 

@@ -55,3 +55,20 @@ def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
     picked = frontier.rows_to_run(False, ["eps"], ["segmentation"])
     assert {(m, t) for m, t, _ in picked} == {("eps", "segmentation")}
     assert len(picked) == 2 + len(frontier.lever_sweep())
+
+
+def test_the_pareto_front_keeps_only_points_that_nothing_beats_on_both_cost_and_score():
+    points = [(1.0, 0.2), (60.0, 0.5), (12.0, 0.5), (30.0, 0.4), (5.0, 0.1), (12.0, 0.3)]
+    assert frontier.pareto_front(points) == [(1.0, 0.2), (12.0, 0.5)]
+
+
+def test_the_plot_has_a_panel_per_task(tmp_path):
+    rows = [dict(model=model, task=task, setting=setting, mean=score, interval=(score - 0.05, score + 0.05),
+                 sd15_cost=cost) for model in frontier.MODELS for task in ("segmentation", "inpainting")
+            for setting, score, cost in (("unguided", 0.2, 1.0), ("paper", 0.5, 60.7), ("k = 2", 0.45, 12.2))]
+    path = tmp_path / "frontier.png"
+    frontier.plot(rows, str(path))
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert width == 2 * 450 and height == 400  # two panels of 4.5 × 4 inches at 100 dpi
