@@ -36,14 +36,13 @@ sys.path.insert(0, PACK_DIR)
 from comfy_headless import ComfyHost  # noqa: E402
 
 from bench import sd_equivalent  # noqa: E402
+from bench.toy_world_quality import WEIGHTS  # noqa: E402  (w and backward lr per task; combination uses two)
 from guidance.segmentation import voc_palette  # noqa: E402
 from toy_world import evaluation, networks, splits, targets  # noqa: E402
 
 TASKS = ("segmentation", "classification", "location", "inpainting", "combination")
 MODELS = ("eps", "flow")
 SCHEDULERS = {"eps": "ddim_uniform", "flow": "simple"}
-# (w of s(t) = w·√(1−ᾱ), backward Adam lr) per task, as bench/toy-world-quality; combination uses the first two.
-WEIGHTS = {"segmentation": (100.0, 0.1), "classification": (8.0, 0.1), "location": (2.0, 0.1), "inpainting": (20.0, 0.1)}
 # The flow twin's segmentation weight, 200, was chosen on the tuning half (tests/test_toy_world_flow.py); the other
 # tasks take the same factor, untuned.
 MODEL_WEIGHT_SCALE = {"eps": 1.0, "flow": 2.0}
@@ -179,21 +178,6 @@ class Toy:
         with torch.inference_mode():
             return vae.decode(samples["samples"]).movedim(-1, 1).clone()
 
-    def denoising_error(self, model: str, images: torch.Tensor) -> torch.Tensor:
-        """Per image, the ε model's mean ε-prediction error on the images' latents at fixed timesteps and noise."""
-        base, vae = self.models["eps"][0].model, self.models[model][1]
-        with torch.inference_mode():
-            latents = base.process_latent_in(vae.encode(images.movedim(1, -1)))
-            alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)
-            generator = torch.Generator().manual_seed(0)
-            errors = []
-            for t in (100, 300, 500, 700):
-                noise = torch.randn(latents.shape, generator=generator)
-                noisy = alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * noise
-                predicted = base.diffusion_model(noisy, torch.full((len(latents),), float(t)))
-                errors.append(((predicted - noise) ** 2).mean(dim=(1, 2, 3)))
-            return torch.stack(errors).mean(0)
-
     def score(self, task: str, task_targets: Sequence, images: torch.Tensor) -> torch.Tensor:
         """Per image, the held-out evaluator's score of image i against target i."""
         evaluators = self.evaluators
@@ -238,7 +222,7 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
             images = toy.sample(model, task, task_targets, setting, seed)
             seconds += time.time() - start
             scores.append(toy.score(task, task_targets, images))
-            errors.append(toy.denoising_error(model, images))
+            errors.append(evaluation.denoising_error(toy.models["eps"][0].model, toy.models[model][1], images))
             images_all.append(images)
     samples = target_count * seed_count
     per_sample = counts.per_sample(samples)

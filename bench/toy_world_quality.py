@@ -46,7 +46,6 @@ TARGET_SCENE = 2_000_017  # the demo's map: a triangle and a circle, a scene no 
 TARGET_CLASS = "red circle"
 TARGET_BOXES = {"circle": (0.08, 0.08, 0.48, 0.48), "square": (0.52, 0.5, 0.92, 0.9)}
 INPAINT_SCENE = 2_000_021  # a square and a cross
-REALISM_TIMESTEPS = (100, 300, 500, 700)
 KID_CHECK_SAMPLES = 128
 
 
@@ -79,20 +78,7 @@ class Toy:
             return self.vae.decode(samples["samples"]).movedim(-1, 1).clone()
 
     def denoising_error(self, images: torch.Tensor) -> float:
-        """The UNet's mean ε-prediction error on the images' latents at REALISM_TIMESTEPS, with seeded noise."""
-        base = self.model.model
-        with torch.inference_mode():
-            latents = base.process_latent_in(self.vae.encode(images.movedim(1, -1)))
-            alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)  # ᾱ_t of ComfyUI's discrete schedule
-            generator = torch.Generator().manual_seed(0)
-            errors = []
-            for t in REALISM_TIMESTEPS:
-                noise = torch.randn(latents.shape, generator=generator)
-                a = alphas[t]
-                noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-                predicted = base.diffusion_model(noisy, torch.full((len(latents),), float(t)))
-                errors.append(((predicted - noise) ** 2).mean())
-            return float(torch.stack(errors).mean())
+        return float(evaluation.denoising_error(self.model.model, self.vae, images).mean())
 
 
 def as_comfy_image(images: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Scores of generated toy images from the held-out evaluators: against a guidance target, per sample, and
-realism over the whole distribution (KID against real scenes)."""
+"""Scores of generated toy images: against a guidance target by the held-out evaluators, per sample; realism
+per sample (the ε UNet's denoising error) and over the whole distribution (KID against real scenes)."""
 from __future__ import annotations
 
 import warnings
@@ -50,6 +50,26 @@ def masked_psnr(images: torch.Tensor, reference: torch.Tensor, known: torch.Tens
     weight = known[:, None].expand_as(images).float()
     mse = ((images - reference) ** 2 * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+REALISM_TIMESTEPS = (100, 300, 500, 700)
+
+
+def denoising_error(eps_model, vae, images: torch.Tensor) -> torch.Tensor:
+    """Per image (B, 3, H, W) in [0, 1], the toy ε UNet's mean ε-prediction error on its latent (encoded by `vae`,
+    ComfyUI's VAE) at REALISM_TIMESTEPS, with seeded noise; lower is closer to the training data. `eps_model` is
+    the ε model's ComfyUI BaseModel."""
+    with torch.inference_mode():
+        latents = eps_model.process_latent_in(vae.encode(images.movedim(1, -1)))
+        alphas = 1 / (1 + eps_model.model_sampling.sigmas.float() ** 2)  # ᾱ_t of ComfyUI's discrete schedule
+        generator = torch.Generator().manual_seed(0)
+        errors = []
+        for t in REALISM_TIMESTEPS:
+            noise = torch.randn(latents.shape, generator=generator)
+            noisy = alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * noise
+            predicted = eps_model.diffusion_model(noisy, torch.full((len(latents),), float(t)))
+            errors.append(((predicted - noise) ** 2).mean(dim=(1, 2, 3)))
+        return torch.stack(errors).mean(0)
 
 
 class RealismFeatures(torch.nn.Module):
