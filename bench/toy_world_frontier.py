@@ -36,8 +36,8 @@ sys.path.insert(0, PACK_DIR)
 from comfy_headless import ComfyHost  # noqa: E402
 
 from bench import sd_equivalent  # noqa: E402
-from bench.toy_world_quality import WEIGHTS  # noqa: E402  (w and backward lr per task; combination uses two)
-from guidance.segmentation import voc_palette  # noqa: E402
+# w and backward lr per task (combination uses two), and the target map as Segmentation Guidance reads it
+from bench.toy_world_quality import WEIGHTS, as_comfy_image, map_picture  # noqa: E402
 from toy_world import evaluation, networks, splits, targets  # noqa: E402
 
 TASKS = ("segmentation", "classification", "location", "inpainting", "combination")
@@ -110,11 +110,6 @@ def per_sample(guidances: Sequence[tuple]) -> tuple:
                  for terms in zip(*guidances))
 
 
-def map_picture(segmentation) -> torch.Tensor:
-    """A class map as the (1, H, W, 3) VOC-palette picture that Segmentation Guidance reads."""
-    return (voc_palette()[torch.from_numpy(segmentation).long()].float() / 255)[None]
-
-
 class Toy:
     """The toy world's nodes, called as ComfyUI's executor calls them (in inference mode)."""
 
@@ -141,8 +136,9 @@ class Toy:
                         optimizer="adam", start_percent=0.0, end_percent=end_percent)
 
         if task == "segmentation":
+            picture = as_comfy_image(map_picture(torch.from_numpy(target.segmentation).long())[None])
             return self.call("UGDSegmentationGuidance", "guide", segmentation_model=self.segmenter, class_name="circle",
-                             outside_mask="background", target_map=map_picture(target.segmentation), **settings(task))[0]
+                             outside_mask="background", target_map=picture, **settings(task))[0]
         if task == "classification":
             return self.call("UGDClassifierGuidance", "guide", classifier=self.classifier, target_class=target.name,
                              **settings(task))[0]
