@@ -10,7 +10,7 @@ Per step, k times (self-recurrence, eq. 10):
 
 Cheaper variants (options, off by default): forward guidance with the gradient taken at x0 instead of
 through the denoiser ("x0_only", MPGD's shortcut: ∇ₓℓ ≈ ∇_{x0}ℓ / a, as if the predicted noise did not
-depend on x), guidance on every N-th step only, and the guided passes under autocast.
+depend on x), guidance on every N-th step only or in the first steps only, and the guided passes under autocast.
 """
 from __future__ import annotations
 
@@ -273,6 +273,7 @@ def sample_universal_guidance(
     clone_saved: bool = False,
     update_mask: torch.Tensor | None = None,
     guidance_every: int = 1,
+    guidance_end: float = 1.0,
     gradient: str = "through_unet",
     autocast: str = "off",
     counts: PassCounts | None = None,
@@ -294,6 +295,7 @@ def sample_universal_guidance(
         update_mask: 1 where backward guidance may change x0, 0 where it must not (e.g. an inpainting
             mask, which the denoiser already applies to its own output and to forward guidance).
         guidance_every: guide only steps 0, N, 2N, …; the others are plain steps, taken once.
+        guidance_end: guide only the first fraction of the steps, within each term's own window.
         gradient: "through_unet" (eq. 6) or "x0_only" (forward guidance without the denoiser's backward).
         autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
         counts: if given, counts the denoiser's and the guidance losses' passes as they run (the caller, who
@@ -303,6 +305,8 @@ def sample_universal_guidance(
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
     if guidance_every < 1:
         raise ValueError(f"guidance_every must be at least 1, got {guidance_every}.")
+    if not 0.0 < guidance_end <= 1.0:
+        raise ValueError(f"guidance_end must be in (0, 1], got {guidance_end}.")
     if base not in BASE_STEPS:
         raise ValueError(f"Unknown base step {base!r}: use one of {BASE_STEPS}.")
     eta = (1.0 if base == "ddpm" else 0.0) if eta is None else eta
@@ -328,7 +332,7 @@ def sample_universal_guidance(
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a, b = noise_coefficients(noise_scaling, sigma)
         a_next, b_next = noise_coefficients(noise_scaling, sigma_next)
-        guided_step = i % guidance_every == 0
+        guided_step = i % guidance_every == 0 and i / steps < guidance_end
         active = [(term, fn) for term, fn in bound if guided_step and term.active_at(i, steps)]
         passes = recurrence if active else 1
         for r in range(passes):

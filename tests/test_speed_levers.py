@@ -147,6 +147,28 @@ def test_guidance_every_nth_step_guides_only_those_steps():
                                   noise_scaling=eps_noise_scaling, guidance_every=0, disable=True)
 
 
+def test_guidance_end_guides_only_the_first_steps_within_each_terms_window():
+    calls = []
+    loss = TargetLoss(torch.zeros(1, 3, 4, 4))
+    bound = loss.bind
+    loss.bind = lambda device: (lambda fn: lambda image: calls.append(1) or fn(image))(bound(device))
+    denoiser = GaussianDenoiser(eps_noise_scaling)
+    x = torch.randn(1, 2, 4, 4) * 8
+
+    def run(guidance_end, **window):
+        calls.clear()
+        sample_universal_guidance(denoiser, x, sigmas_eps(10), guidance=(term(loss, weight=0.01, **window),),
+                                  decode=decode, noise_scaling=eps_noise_scaling, recurrence=2,
+                                  guidance_end=guidance_end, disable=True)
+        return len(calls)
+
+    assert run(0.3) == 3 * 2  # steps 0, 1 and 2, two passes each
+    assert run(0.5, start_percent=0.2) == 3 * 2  # steps 2, 3 and 4: both windows hold
+    assert run(1.0) == 10 * 2
+    with pytest.raises(ValueError, match="guidance_end"):
+        run(0.0)
+
+
 class ConvDenoiser(torch.nn.Module):
     """A small convolutional denoiser, so that autocast has matrix products to lower."""
 
