@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,14 +32,17 @@ CHECKPOINTED_BLOCKS = {"ResBlock", "SpatialTransformer", "ResnetBlock", "AttnBlo
 class SpeedOptions:
     """The sampler's speed and memory levers; the defaults are the paper's exact method.
 
-    guidance_every: guide every N-th step only. gradient: "through_unet" or "x0_only".
+    guidance_every: guide every N-th step only. guidance_end: guide the first fraction of the steps only.
+    gradient: "through_unet" or "x0_only". weight_scale: multiplies every guidance's forward weight w.
     decode_resolution: "full", "half" or "quarter", the guidance decoder's resolution.
     checkpointing: recompute UNet and decoder activations in the backward pass.
     autocast: "off", "bf16" or "fp16" for the guided passes.
     """
 
     guidance_every: int = 1
+    guidance_end: float = 1.0
     gradient: str = "through_unet"
+    weight_scale: float = 1.0
     decode_resolution: str = "full"
     checkpointing: bool = False
     autocast: str = "off"
@@ -47,6 +50,10 @@ class SpeedOptions:
     def __post_init__(self):
         if self.guidance_every < 1:
             raise ValueError(f"guidance_every must be at least 1, got {self.guidance_every}.")
+        if not 0.0 < self.guidance_end <= 1.0:
+            raise ValueError(f"guidance_end must be in (0, 1], got {self.guidance_end}.")
+        if not 0.0 <= self.weight_scale < float("inf"):
+            raise ValueError(f"weight_scale must be a finite number >= 0, got {self.weight_scale}.")
         for name, value, choices in (("gradient", self.gradient, GRADIENT_PATHS),
                                      ("decode_resolution", self.decode_resolution, tuple(DECODE_RESOLUTIONS)),
                                      ("autocast", self.autocast, tuple(AUTOCAST_DTYPES))):
@@ -171,6 +178,8 @@ def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, decode_re
 def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, guidance, vae, recurrence, base,
             speed: SpeedOptions):
     start, counts = time.perf_counter(), PassCounts()
+    if speed.weight_scale != 1.0:
+        guidance = tuple(replace(term, weight=term.weight * speed.weight_scale) for term in guidance)
     base_model, extra_args, decode = prepare_guided_sampling(model, x.shape, extra_args, guidance, vae,
                                                              speed.decode_resolution, counts)
     blocks = checkpoint_blocks(base_model, vae) if speed.checkpointing else []
@@ -186,6 +195,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                 update_mask=extra_args.get("denoise_mask"),
                 guidance_every=speed.guidance_every,
+                guidance_end=speed.guidance_end,
                 gradient=speed.gradient,
                 autocast=speed.autocast,
                 counts=counts,

@@ -1,6 +1,8 @@
 """The sampler nodes: an all-in-one guided KSampler, and a SAMPLER for SamplerCustom(Advanced)."""
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -9,9 +11,12 @@ import latent_preview
 
 from ..samplers.decoding import DECODE_RESOLUTIONS
 from ..samplers.precision import AUTOCAST_DTYPES
+from ..samplers.presets import PRESETS
 from ..samplers.universal_guidance import BASE_STEPS, GRADIENT_PATHS
 from .comfy_host import SpeedOptions, check_guidance, guidance_patchers, universal_guidance_sampler
 from .guidance_settings import GUIDANCE
+
+log = logging.getLogger(__name__)
 
 RECURRENCE = ("INT", {"default": 1, "min": 1, "max": 100,
                       "tooltip": "k: denoising passes per step while guidance is active, re-noising in between (paper eq. 10). 1 = no recurrence."})
@@ -38,7 +43,31 @@ SPEED_INPUTS = {
                                          "tooltip": "Run the guided passes under bf16 or fp16 autocast (for GPUs; fp16 "
                                                     "with loss scaling). A pass that is not finite is redone in full "
                                                     "precision."}),
+    "guidance_end": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                               "tooltip": "Guide only the first fraction of the steps (1 = all), within each "
+                                          "guidance's own start/end_percent. Early steps set the layout."}),
+    "weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                               "tooltip": "Multiplies every guidance's forward weight w. x0_only's gradient "
+                                          "overshoots at high noise, so it wants less (the presets use 0.3)."}),
+    "preset": (["custom", *PRESETS], {"default": "custom", "tooltip": "\n".join(
+        ["custom: the inputs as set.",
+         *(f"{name}: {preset.describe()}." for name, preset in PRESETS.items()),
+         "A preset other than custom sets these levers and ignores the inputs for them; checkpointing and "
+         "autocast stay as set. Measured scores and costs: the pack's README, Quality against cost."])}),
 }
+PRESET_LEVERS = ("guidance_every", "guidance_end", "gradient", "weight_scale", "decode_resolution")
+
+
+def preset_levers(preset: str, steps: int | None, recurrence: int, speed: dict) -> tuple[int | None, int, dict]:
+    """(steps, recurrence, speed options) with the preset's values in place of the inputs' (custom keeps them)."""
+    if preset == "custom":
+        return steps, recurrence, speed
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be custom or one of {tuple(PRESETS)}, got {preset!r}.")
+    chosen = PRESETS[preset]
+    log.info("Universal guidance: preset %s: %s.", preset, chosen.describe())
+    levers = {name: getattr(chosen, name) for name in PRESET_LEVERS}
+    return chosen.steps or steps, chosen.recurrence, {**speed, **levers}
 
 
 def _sigmas(model, scheduler: str, steps: int, denoise: float):
@@ -81,7 +110,11 @@ class UniversalGuidedKSampler:
         }
 
     def sample(self, model, vae, positive, negative, latent_image, guidance, seed, steps, cfg, sampler,
-               scheduler, denoise, recurrence, guidance_vae=None, **speed):
+               scheduler, denoise, recurrence, guidance_vae=None, preset="custom", **speed):
+        steps, recurrence, speed = preset_levers(preset, steps, recurrence, speed)
+        if preset != "custom" and PRESETS[preset].cheap_decoder and guidance_vae is None:
+            log.warning("Universal guidance: the %s preset was measured with a TAESD guidance_vae; without one, "
+                        "every guided pass decodes with the full VAE, which costs much more.", preset)
         decoder_vae = guidance_vae or vae
         latent = latent_image["samples"]
         if hasattr(comfy.sample, "fix_empty_latent_channels"):
@@ -126,7 +159,9 @@ class UniversalGuidanceSampler:
             "optional": SPEED_INPUTS,
         }
 
-    def get_sampler(self, vae, guidance, sampler, recurrence, **speed):
+    def get_sampler(self, vae, guidance, sampler, recurrence, preset="custom", **speed):
+        # The sigmas come from outside this node, so a preset's steps are the scheduler's to set.
+        _, recurrence, speed = preset_levers(preset, None, recurrence, speed)
         return (universal_guidance_sampler(guidance, vae, recurrence, sampler, SpeedOptions(**speed)),)
 
 

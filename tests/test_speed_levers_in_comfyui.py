@@ -85,8 +85,49 @@ def test_the_sampler_node_for_custom_sampling_takes_the_same_levers(comfy, toy):
     assert (speed.gradient, speed.guidance_every, speed.checkpointing) == ("x0_only", 3, True)
 
 
+def test_a_preset_sets_its_levers_in_place_of_the_inputs_and_custom_keeps_them(comfy, toy):
+    sampler_nodes = comfy.pack_module("nodes.sampler_nodes")
+    presets = comfy.pack_module("samplers.presets").PRESETS
+    inputs = dict(guidance_every=3, gradient="through_unet", checkpointing=True)
+    assert sampler_nodes.preset_levers("custom", 20, 2, inputs) == (20, 2, inputs)
+    steps, recurrence, speed = sampler_nodes.preset_levers("fast", 20, 2, inputs)
+    fast = presets["fast"]
+    assert (steps, recurrence) == (fast.steps, fast.recurrence)
+    assert (speed["guidance_every"], speed["gradient"], speed["guidance_end"], speed["weight_scale"]) == \
+        (fast.guidance_every, fast.gradient, fast.guidance_end, fast.weight_scale)
+    assert speed["checkpointing"] is True  # memory and precision stay the user's
+    assert sampler_nodes.preset_levers("balanced", 20, 2, {})[0] == 20  # balanced keeps the sampler's steps
+    tooltip = node(comfy, "UniversalGuidedKSampler").INPUT_TYPES()["optional"]["preset"][1]["tooltip"]
+    for name, preset in presets.items():
+        assert f"{name}: {preset.describe()}" in tooltip  # what each preset sets is shown in the graph
+    with pytest.raises(ValueError, match="preset must be custom or one of"):
+        sampler_nodes.preset_levers("turbo", 20, 2, {})
+
+
+def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(comfy, toy):
+    pass_counts = comfy.pack_module("samplers.pass_counts")
+    fast = comfy.pack_module("samplers.presets").PRESETS["fast"]
+    with pass_counts.recording() as counts:
+        preset_run = guided(comfy, toy, preset="fast")
+    guided_steps = sum(1 for i in range(fast.steps) if i / fast.steps < fast.guidance_end)
+    samples = 2
+    assert counts.forward["denoiser"] == samples * (guided_steps * fast.recurrence + fast.steps - guided_steps)
+    assert counts.backward["unet"] == 0  # x0_only
+    with torch.inference_mode():
+        (spelled_out,) = node(comfy, "UniversalGuidedKSampler").sample(
+            seed=SEED, steps=fast.steps, cfg=1.0, sampler="ddim", scheduler="normal", denoise=1.0,
+            recurrence=fast.recurrence, gradient=fast.gradient, guidance_end=fast.guidance_end,
+            weight_scale=fast.weight_scale, guidance_every=fast.guidance_every, **toy)
+    torch.testing.assert_close(preset_run, spelled_out["samples"])
+    weak = guided(comfy, toy, weight_scale=0.0)
+    strong = guided(comfy, toy)
+    assert (weak - strong).abs().mean() > 1e-3  # no forward guidance is another run
+
+
 @pytest.mark.parametrize("speed, message", [
     (dict(guidance_every=0), "guidance_every must be at least 1"),
+    (dict(guidance_end=0.0), "guidance_end must be in"),
+    (dict(weight_scale=float("nan")), "weight_scale must be a finite number"),
     (dict(gradient="backwards"), "gradient must be one of"),
     (dict(decode_resolution="tiny"), "decode_resolution must be one of"),
     (dict(autocast="int8"), "autocast must be one of"),

@@ -1,0 +1,45 @@
+"""Named settings of the sampler's levers, chosen on the toy world's tuning half (bench/toy-world-frontier).
+
+paper is the paper's method. balanced and fast guide only the first half of the steps, with self-recurrence
+k = 4 and the gradient taken at x0 (no backward pass through the UNet), at 0.3 of the guidance's forward weight:
+that gradient overshoots at high noise, where the UNet's own Jacobian would shrink it. fast also takes 10 steps
+and expects a cheap guidance decoder (TAESD). README, "Quality against cost", has their measured scores and costs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The levers a preset sets. steps None keeps the sampler's steps; cheap_decoder says that the preset was
+    measured with a cheap guidance decoder (TAESD) and expects one."""
+
+    recurrence: int
+    gradient: str
+    guidance_end: float
+    weight_scale: float
+    steps: int | None = None
+    guidance_every: int = 1
+    decode_resolution: str = "full"
+    cheap_decoder: bool = False
+
+    def describe(self) -> str:
+        parts = [f"{self.steps} steps" if self.steps else "the sampler's steps",
+                 f"k = {self.recurrence}",
+                 "guidance on every step" if self.guidance_end == 1 else f"guidance in the first {self.guidance_end:.0%} of the steps",
+                 "gradient through the UNet" if self.gradient == "through_unet" else "gradient at x0 (x0_only)",
+                 f"weight ×{self.weight_scale:g}",
+                 f"{self.decode_resolution}-resolution decode"]
+        if self.guidance_every > 1:
+            parts.append(f"every {self.guidance_every} steps")
+        if self.cheap_decoder:
+            parts.append("a TAESD guidance_vae")
+        return ", ".join(parts)
+
+
+PRESETS = {
+    "paper": Preset(recurrence=10, gradient="through_unet", guidance_end=1.0, weight_scale=1.0),
+    "balanced": Preset(recurrence=4, gradient="x0_only", guidance_end=0.5, weight_scale=0.3),
+    "fast": Preset(recurrence=4, gradient="x0_only", guidance_end=0.5, weight_scale=0.3, steps=10, cheap_decoder=True),
+}
