@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ from comfy_headless import ComfyHost  # noqa: E402
 from bench import sd_equivalent  # noqa: E402
 # w and backward lr per task (combination uses two), and the target map as Segmentation Guidance reads it
 from bench.toy_world_quality import WEIGHTS, as_comfy_image, map_picture  # noqa: E402
+from samplers.presets import PRESETS  # noqa: E402
 from toy_world import evaluation, networks, splits, targets  # noqa: E402
 
 TASKS = ("segmentation", "classification", "location", "inpainting", "combination")
@@ -65,13 +67,24 @@ class Setting:
     decode_resolution: str = "full"
     cheap_decoder: bool = False
     guidance_every: int = 1
-    end_percent: float = 1.0
+    guidance_end: float = 1.0
+    weight_scale: float = 1.0
     backward_steps: int | None = None
     guided: bool = True
+    preset: str = "custom"
 
 
 UNGUIDED = Setting("unguided", recurrence=1, guided=False)
 PAPER = Setting("paper")
+
+
+def preset_setting(name: str) -> Setting:
+    """The row of a shipped preset, run through the sampler's preset input; its levers spelled out for the cost."""
+    preset = PRESETS[name]
+    return Setting(f"{name} preset", steps=preset.steps or Setting.steps, recurrence=preset.recurrence,
+                   gradient=preset.gradient, decode_resolution=preset.decode_resolution, cheap_decoder=preset.cheap_decoder,
+                   guidance_every=preset.guidance_every, guidance_end=preset.guidance_end,
+                   weight_scale=preset.weight_scale, preset=name)
 
 
 def lever_sweep() -> list[Setting]:
@@ -80,7 +93,7 @@ def lever_sweep() -> list[Setting]:
         Setting("cheap decoder", cheap_decoder=True), Setting("x0_only", gradient="x0_only"),
         Setting("decode half", decode_resolution="half"), Setting("decode quarter", decode_resolution="quarter"),
         *[Setting(f"every {n}", guidance_every=n) for n in (2, 4)],
-        *[Setting(f"first {round(100 * p)}%", end_percent=p) for p in (0.3, 0.5, 0.7)],
+        *[Setting(f"first {round(100 * p)}%", guidance_end=p) for p in (0.3, 0.5, 0.7)],
         *[Setting(f"k = {k}", recurrence=k) for k in (1, 2, 4)],
         *[Setting(f"steps {n}", steps=n) for n in (10, 50)],
         *[Setting(f"m = {m}", backward_steps=m) for m in (0, 1, 3, 5)],
@@ -129,11 +142,11 @@ class Toy:
         with torch.inference_mode():
             return getattr(self.nodes[node](), function)(**inputs)
 
-    def guidance(self, task: str, target, weight: float, backward_steps: int, end_percent: float) -> tuple:
+    def guidance(self, task: str, target, weight: float, backward_steps: int) -> tuple:
         def settings(task_name):
             w, lr = WEIGHTS[task_name]
             return dict(weight=w * weight, schedule="paper", backward_steps=backward_steps, backward_lr=lr,
-                        optimizer="adam", start_percent=0.0, end_percent=end_percent)
+                        optimizer="adam", start_percent=0.0, end_percent=1.0)
 
         if task == "segmentation":
             picture = as_comfy_image(map_picture(torch.from_numpy(target.segmentation).long())[None])
@@ -151,8 +164,8 @@ class Toy:
             hole = 1 - torch.from_numpy(target.known())[None]
             return self.call("UGDImageReconstructionGuidance", "guide", image=image, mask=hole, **settings(task))[0]
         if task == "combination":
-            return (self.guidance("segmentation", target.map, weight, backward_steps, end_percent)
-                    + self.guidance("classification", targets.ClassTarget(target.class_name), weight, backward_steps, end_percent))
+            return (self.guidance("segmentation", target.map, weight, backward_steps)
+                    + self.guidance("classification", targets.ClassTarget(target.class_name), weight, backward_steps))
         raise ValueError(f"unknown task {task!r}")
 
     def sample(self, model: str, task: str, task_targets: Sequence, setting: Setting, seed: int) -> torch.Tensor:
@@ -166,11 +179,12 @@ class Toy:
         else:
             backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
             weight = 0.0 if task in BACKWARD_ONLY else MODEL_WEIGHT_SCALE[model]
-            guidance = per_sample([self.guidance(task, t, weight, backward_steps, setting.end_percent) for t in task_targets])
+            guidance = per_sample([self.guidance(task, t, weight, backward_steps) for t in task_targets])
             samples = self.call("UniversalGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler="ddim",
                                 recurrence=setting.recurrence, guidance_vae=cheap_vae if setting.cheap_decoder else vae,
-                                guidance_every=setting.guidance_every, gradient=setting.gradient,
-                                decode_resolution=setting.decode_resolution, **common)[0]
+                                guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
+                                gradient=setting.gradient, weight_scale=setting.weight_scale,
+                                decode_resolution=setting.decode_resolution, preset=setting.preset, **common)[0]
         with torch.inference_mode():
             return vae.decode(samples["samples"]).movedim(-1, 1).clone()
 
@@ -206,11 +220,17 @@ def bootstrap_interval(scores: torch.Tensor, draws: int = BOOTSTRAP_DRAWS) -> tu
     return float(low), float(high)
 
 
+def row_samples(task: str, half: str, target_count: int, seed_count: int) -> tuple[list, int]:
+    """The row's targets and seed count: a task with fewer targets in the half (classification has 12 classes)
+    takes all of them, and more seeds, so that the row still has target_count × seed_count samples or more."""
+    available = targets.targets(task, half)
+    task_targets = available[:target_count]
+    return task_targets, max(seed_count, math.ceil(target_count * seed_count / len(task_targets)))
+
+
 def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setting: Setting, half: str,
             target_count: int, seed_count: int) -> dict:
-    task_targets = targets.targets(task, half)[:target_count]
-    if len(task_targets) < target_count:
-        raise ValueError(f"{task} has {len(task_targets)} {half} targets, fewer than --targets {target_count}")
+    task_targets, seed_count = row_samples(task, half, target_count, seed_count)
     scores, errors, images_all, seconds = [], [], [], 0.0
     with toy.pass_counts.recording() as counts:
         for seed in splits.sampling_seeds(half, seed_count):
@@ -220,7 +240,7 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
             scores.append(toy.score(task, task_targets, images))
             errors.append(evaluation.denoising_error(toy.models["eps"][0].model, toy.models[model][1], images))
             images_all.append(images)
-    samples = target_count * seed_count
+    samples = len(task_targets) * seed_count
     per_sample = counts.per_sample(samples)
     guide = "segmentation" if task == "segmentation" else "clip"
     cost = (sd_equivalent.sd15_multiple(per_sample.forward, per_sample.backward,
@@ -233,15 +253,27 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
                 sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict())
 
 
+def combinations() -> list[Setting]:
+    """Levers that were promising alone (tuning half, segmentation), together; the presets are more of them."""
+    return [
+        Setting("x0_only, first 30%", gradient="x0_only", guidance_end=0.3),
+        Setting("first 30%, k = 4", guidance_end=0.3, recurrence=4),
+        Setting("x0_only, first 50%, k = 4", gradient="x0_only", guidance_end=0.5, recurrence=4),
+        dataclasses.replace(preset_setting("fast"), name="fast, full decoder", cheap_decoder=False, preset="custom"),
+    ]
+
+
 def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS) -> list[tuple[str, str, Setting]]:
-    """(model, task, setting): unguided and paper mode everywhere, the lever sweep on segmentation and location
-    with the ε model and on segmentation with the flow model; --quick: segmentation with the ε model only."""
+    """(model, task, setting): unguided, paper mode and the presets everywhere, then the lever sweep and the
+    combinations on segmentation with the ε and the flow model and on location with the ε model, cheapest
+    first; --quick: segmentation with the ε model only."""
     if quick:
-        return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, Setting("cheap decoder", cheap_decoder=True),
-                                                     Setting("k = 2", recurrence=2))]
-    rows = [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER)]
-    swept = [("eps", "segmentation"), ("eps", "location"), ("flow", "segmentation")]
-    rows += [(model, task, s) for model, task in swept if model in models and task in tasks for s in lever_sweep()
+        return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, preset_setting("fast"), Setting("k = 2", recurrence=2))]
+    presets = [preset_setting(name) for name in PRESETS if name != "paper"]
+    rows = [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER, *presets)]
+    swept = [("eps", "segmentation"), ("flow", "segmentation"), ("eps", "location")]
+    rows += [(model, task, s) for model, task in swept if model in models and task in tasks
+             for s in lever_sweep() + combinations()
              if s.backward_steps != PAPER_BACKWARD_STEPS[task]]  # that would be paper mode again
     return rows
 
@@ -268,8 +300,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def plot(results: list[dict], path: str) -> None:
-    """A PNG, one panel per task: score against SD 1.5 cost (log axis), unguided and paper mode marked, each
-    model's Pareto front drawn."""
+    """A PNG, one panel per task: score against SD 1.5 cost (log axis), unguided (square), paper mode (star) and
+    the presets (diamonds) marked, each model's Pareto front drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,9 +320,9 @@ def plot(results: list[dict], path: str) -> None:
             front = pareto_front(list(zip(costs, means)))
             axis.plot(*zip(*front), "-", color=colour, alpha=0.8, label=f"{model} Pareto front")
             for r in rows:
-                marked = r["setting"] in (UNGUIDED.name, PAPER.name)
+                marker = {UNGUIDED.name: "s", PAPER.name: "*"}.get(r["setting"], "D" if r["setting"].endswith(" preset") else None)
+                marked = marker is not None
                 if marked:
-                    marker = "s" if r["setting"] == UNGUIDED.name else "*"
                     axis.plot(r["sd15_cost"], r["mean"], marker, color=colour, markersize=11, markeredgecolor="black")
                 axis.annotate(r["setting"], (r["sd15_cost"], r["mean"]), textcoords="offset points", xytext=(4, 3),
                               fontsize=9 if marked else 6, color="black" if marked else colour)
@@ -303,6 +335,16 @@ def plot(results: list[dict], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def write(results: list[dict], output: str, half: str, minutes: float) -> None:
+    """The table, the rows as JSON and the plot, rewritten after every row so that a cut-off run keeps its rows."""
+    text = markdown(results) + f"\n\n{len(results)} rows in {minutes:.1f} min on this machine.\n"
+    with open(os.path.join(output, f"results_{half}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(output, f"results_{half}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot(results, os.path.join(output, f"frontier_{half}.png"))
 
 
 def main(argv=None) -> list[dict]:
@@ -327,13 +369,8 @@ def main(argv=None) -> list[dict]:
     for model, task, setting in rows_to_run(args.quick, models, args.tasks):
         results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
         print(markdown(results[-1:]).splitlines()[-1], flush=True)
-    text = markdown(results) + f"\n\n{len(results)} rows in {(time.time() - started) / 60:.1f} min on this machine.\n"
-    with open(os.path.join(args.output, f"results_{args.half}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.output, f"results_{args.half}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    plot(results, os.path.join(args.output, f"frontier_{args.half}.png"))
-    print("\n" + text + f"\nwrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png")
+        write(results, args.output, args.half, (time.time() - started) / 60)
+    print(f"\nwrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png")
     return results
 
 

@@ -50,11 +50,24 @@ def test_the_sweep_changes_one_lever_of_paper_mode_at_a_time():
 
 def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
     rows = frontier.rows_to_run(False, frontier.MODELS)
-    assert {(m, t) for m, t, s in rows if s in (frontier.UNGUIDED, frontier.PAPER)} == \
-        {(m, t) for m in frontier.MODELS for t in frontier.TASKS}
+    everywhere = ("unguided", "paper", "balanced preset", "fast preset")
+    for name in everywhere:
+        assert {(m, t) for m, t, s in rows if s.name == name} == {(m, t) for m in frontier.MODELS for t in frontier.TASKS}
     picked = frontier.rows_to_run(False, ["eps"], ["segmentation"])
     assert {(m, t) for m, t, _ in picked} == {("eps", "segmentation")}
-    assert len(picked) == 2 + len(frontier.lever_sweep()) - 1  # less m = 0, which is segmentation's paper mode
+    # less m = 0, which is segmentation's paper mode
+    assert len(picked) == len(everywhere) + len(frontier.lever_sweep()) - 1 + len(frontier.combinations())
+
+
+def test_the_paper_preset_is_the_benchmarks_paper_mode_and_preset_rows_spell_out_their_levers():
+    levers = ("steps", "recurrence", "gradient", "decode_resolution", "cheap_decoder", "guidance_every",
+              "guidance_end", "weight_scale")
+    paper = frontier.preset_setting("paper")
+    assert [getattr(paper, f) for f in levers] == [getattr(frontier.PAPER, f) for f in levers]
+    fast = frontier.preset_setting("fast")
+    preset = frontier.PRESETS["fast"]
+    assert (fast.preset, fast.steps, fast.recurrence, fast.guidance_end, fast.weight_scale, fast.cheap_decoder) == \
+        ("fast", preset.steps, preset.recurrence, preset.guidance_end, preset.weight_scale, preset.cheap_decoder)
 
 
 def test_the_pareto_front_keeps_only_points_that_nothing_beats_on_both_cost_and_score():
