@@ -9,17 +9,31 @@ and wrote to bench/part_costs.json (seconds per image, forward and backward; rer
 - each guidance-loss pass as the guidance network named (CLIP RN50 or LR-ASPP, measured at 512 px).
 
 Both runs end with one VAE decode. The reference is an unguided run of 20 steps: 20 UNet pairs and that decode.
+
+`settings_multiple` prices settings that have not run: it counts the passes of the engine on a tiny stand-in
+of the denoiser, decoder and loss, with the same steps, recurrence, windows and guidance terms (the shipped
+workflows' notes quote it).
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import sys
+from typing import Sequence
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from samplers.decoding import at_reduced_resolution  # noqa: E402
+from samplers.pass_counts import PassCounts  # noqa: E402
+from samplers.terms import GuidanceTerm  # noqa: E402
+from samplers.universal_guidance import sample_universal_guidance  # noqa: E402
 
 PART_COSTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "part_costs.json")
 REFERENCE_STEPS = 20
 DECODERS = ("vae", "taesd")
-GUIDES = ("clip", "segmentation")
+GUIDES = ("clip", "segmentation")  # the guidance networks bench/speed measures
 
 
 @functools.cache
@@ -35,13 +49,15 @@ def _unguided_seconds(costs: dict, steps: int) -> float:
     return steps * 2 * costs["unet"]["forward"] + costs["vae"]["forward"]
 
 
-def sd15_multiple(forward: dict, backward: dict, decoder: str, guide: str, costs: dict | None = None) -> float:
+def sd15_multiple(forward: dict, backward: dict, decoder: str, guide: str | None, costs: dict | None = None) -> float:
     """The counted run's cost on SD 1.5 over an unguided 20-step run's; `forward` and `backward` are one sample's
-    counts (PassCounts.per_sample(...).forward and .backward)."""
-    if decoder not in DECODERS or guide not in GUIDES:
-        raise ValueError(f"decoder must be one of {DECODERS} and guide one of {GUIDES}, got {decoder!r} and {guide!r}")
+    counts (PassCounts.per_sample(...).forward and .backward). guide None leaves the guidance network unpriced."""
+    if decoder not in DECODERS or guide not in GUIDES + (None,):
+        raise ValueError(f"decoder must be one of {DECODERS} and guide one of {GUIDES} or None, got {decoder!r} and {guide!r}")
     costs = costs or part_costs()
-    priced = {"denoiser": ("unet", 2), "decoder": (decoder, 1), "guidance_network": (guide, 1)}
+    priced = {"denoiser": ("unet", 2), "decoder": (decoder, 1)}
+    if guide:
+        priced["guidance_network"] = (guide, 1)
     seconds = costs["vae"]["forward"]  # the final decode
     for counted, (part, images) in priced.items():
         seconds += images * (forward[counted] * costs[part]["forward"] + backward[counted] * costs[part]["backward"])
@@ -52,3 +68,35 @@ def unguided_multiple(steps: int, costs: dict | None = None) -> float:
     """An unguided run of `steps` steps over one of 20."""
     costs = costs or part_costs()
     return _unguided_seconds(costs, steps) / _unguided_seconds(costs, REFERENCE_STEPS)
+
+
+class _StandInLoss:
+    def check(self, batch: int, height: int, width: int) -> None:
+        pass
+
+    def bind(self, device):
+        return lambda image: image.square().flatten(1).mean(1)
+
+
+def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], gradient: str = "through_unet",
+                   guidance_every: int = 1, guidance_end: float = 1.0, decode_resolution: str = "full") -> PassCounts:
+    """One sample's passes in a guided run of these settings, counted on a stand-in of the denoiser, decoder and
+    loss; `terms` are GuidanceTerm settings (weight, backward_steps, start_percent, end_percent)."""
+    counts, size = PassCounts(), 4
+    decode = at_reduced_resolution(counts.counted("decoder", lambda x0: x0.repeat(1, 3, 8, 8), full_area=size * size),
+                                   decode_resolution)
+    guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(), **term) for i, term in enumerate(terms))
+    sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])
+    denoiser = lambda x, sigma, **extra: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)  # noqa: E731
+    sample_universal_guidance(denoiser, torch.randn(1, 1, size, size), sigmas, guidance=guidance, decode=decode,
+                              noise_scaling=lambda sigma, noise, latent, **kw: sigma * noise + latent,
+                              recurrence=recurrence, guidance_every=guidance_every, guidance_end=guidance_end,
+                              gradient=gradient, counts=counts, disable=True)
+    return counts
+
+
+def settings_multiple(steps: int, recurrence: int, terms: Sequence[dict], decoder: str, guide: str | None,
+                      **levers) -> float:
+    """The SD 1.5 cost, over an unguided 20-step run's, of a guided run of these settings (see counted_passes)."""
+    counts = counted_passes(steps, recurrence, terms, **levers)
+    return sd15_multiple(counts.forward, counts.backward, decoder, guide)

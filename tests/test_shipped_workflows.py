@@ -40,7 +40,7 @@ PAPER_SETTINGS = {
         "UGDImageReconstructionGuidance": {"weight": 0}, "UGDSegmentationGuidance": {"weight": 200},
         "UniversalGuidedKSampler": {"cfg": 1}},
     "sd15_segmentation_guidance_fast.json": {"UGDSegmentationGuidance": {"weight": 400},
-                                             "UniversalGuidedKSampler": {"recurrence": 10}},
+                                             "UniversalGuidedKSampler": {"preset": "fast", "steps": 10, "recurrence": 4}},
 }
 
 
@@ -184,5 +184,18 @@ def test_widget_values_line_up_with_the_sampler_inputs(object_info):
     values = widget_inputs(sampler, object_info["UniversalGuidedKSampler"])
     assert values == {"seed": 42, "steps": 500, "cfg": 7.5, "sampler": "ddim", "scheduler": "ddim_uniform",
                       "denoise": 1.0, "recurrence": 2, "guidance_every": 1, "gradient": "through_unet",
-                      "decode_resolution": "full", "checkpointing": False, "autocast": "off"}
+                      "decode_resolution": "full", "checkpointing": False, "autocast": "off", "guidance_end": 1.0,
+                      "weight_scale": 1.0, "preset": "custom"}
     assert sampler["widgets_values"][1] == "fixed", "a shared workflow must not re-randomise its seed"
+
+
+@pytest.mark.parametrize("name", [n for n in UI_FILES if n.startswith("sd15_")])
+def test_every_stable_diffusion_note_says_what_each_sampler_is_expected_to_cost(name):
+    note = [n["widgets_values"][0] for n in load(name)["nodes"] if n["type"] == "Note"][0]
+    samplers = [n for n in prompt_of(name).values() if n["class_type"] == "UniversalGuidedKSampler"]
+    costs = re.findall(r"EXPECTED COST[^\n]*\nAbout ([\d,.]+)× an unguided 20-step run", note)
+    assert len(costs) == len(samplers)
+    if name == "sd15_segmentation_guidance_fast.json":
+        assert float(costs[0]) <= 1.5  # the fast preset's target
+    if name == "sd15_segmentation_guidance.json":
+        assert float(costs[0].replace(",", "")) > 1000  # 500 steps with k = 10 through the UNet and the VAE

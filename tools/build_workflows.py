@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_workflow import AUTO, DOWNLOAD_PRETRAINED  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.sd_equivalent import settings_multiple  # noqa: E402
+from samplers.presets import PRESETS  # noqa: E402
 from workflow_format import (  # noqa: E402
     CONTROL, UPLOAD, combo_choices, declared_inputs, input_options, socket_inputs, ui_to_api, widget_slots)
 
@@ -143,11 +146,37 @@ def _stable_diffusion(workflow: Workflow, positive: str, negative: str = ""):
     return checkpoint, positive, negative, latent
 
 
+GUIDE_NAMES = {"clip": "CLIP RN50", "segmentation": "LR-ASPP"}
+
+
+def _cost_note(title: str, steps: int, recurrence: int, terms: list[dict], decoder: str, guide: str | None,
+               levers: dict) -> str:
+    multiple = settings_multiple(steps, recurrence, terms, decoder, guide, **levers)
+    parts = ["the UNet", "TAESD" if decoder == "taesd" else "the VAE"] + ([GUIDE_NAMES[guide]] if guide else [])
+    priced = ", ".join(parts[:-1]) + " and " + parts[-1]
+    unpriced = "" if guide else " The guidance networks' passes come on top: bench/speed does not measure them."
+    amount = f"{multiple:,.0f}" if multiple >= 10 else f"{multiple:.1f}"
+    return (f"\n\nEXPECTED COST{f' ({title})' if title else ''}\nAbout {amount}× an unguided 20-step run of SD 1.5 at "
+            f"512 px, from the passes these settings make, counted (bench/sd_equivalent.py), with {priced} priced "
+            f"as bench/speed measured them.{unpriced}")
+
+
 def _sample_and_save(workflow: Workflow, sd, guidance: Output, prefix: str, *, steps: int, cfg: float,
-                     recurrence: int, title: str | None = None, guidance_vae: Output | None = None):
+                     recurrence: int, terms: list[dict], guide: str | None, title: str | None = None,
+                     guidance_vae: Output | None = None, preset: str | None = None, cost_title: str = ""):
+    """The guided sampler, decode and save; the note gains the settings' expected cost. `terms` are the guidance
+    terms' weight and backward_steps, `guide` the guidance network as bench/sd_equivalent prices it."""
     checkpoint, positive, negative, latent = sd
     extra = {"guidance_vae": guidance_vae} if guidance_vae else {}
-    title = title or f"Universal Guided KSampler (k = {recurrence})"
+    levers = {}
+    if preset:  # the widgets show the preset's values
+        chosen = PRESETS[preset]
+        steps, recurrence = chosen.steps or steps, chosen.recurrence
+        levers = dict(gradient=chosen.gradient, guidance_every=chosen.guidance_every, guidance_end=chosen.guidance_end,
+                      decode_resolution=chosen.decode_resolution)
+        extra.update(levers, weight_scale=chosen.weight_scale, preset=preset)
+    title = title or f"Universal Guided KSampler ({f'{preset} preset' if preset else f'k = {recurrence}'})"
+    workflow.note += _cost_note(cost_title, steps, recurrence, terms, "taesd" if guidance_vae else "vae", guide, levers)
     sampler = workflow.add("UniversalGuidedKSampler", title, model=checkpoint[0], vae=checkpoint[2],
                            positive=positive[0], negative=negative[0], latent_image=latent[0], guidance=guidance,
                            seed=SEED, steps=steps, cfg=cfg, sampler="ddim", scheduler="ddim_uniform", denoise=1.0,
@@ -180,7 +209,7 @@ def _clip_text_guided(name: str, note: str, text: str, recurrence: int, guidance
     guidance = workflow.add("UGDCLIPTextGuidance", guidance_title, clip_model=clip[0], text=text, weight=10.0,
                             backward_steps=0)
     _sample_and_save(workflow, sd, guidance[0], name.replace("sd15", "ugd"), steps=1000, cfg=1.0,
-                     recurrence=recurrence)
+                     recurrence=recurrence, terms=[dict(weight=10.0)], guide="clip")
     return workflow
 
 
@@ -194,15 +223,18 @@ def clip_text() -> Workflow:
         "(backward_steps 0)."), "Dog scuba-diving", 8, "CLIP Text Guidance (s = 10·√(1−ᾱ))")
 
 
-def _segmentation_guided(name: str, experiment: str, steps: int, taesd: bool) -> Workflow:
+def _segmentation_guided(name: str, experiment: str, steps: int, preset: str | None) -> Workflow:
     files = [SD_FILE, SEG_FILE, "- ugd_segmentation_map_dog.png in ComfyUI/input/ (shipped in workflows/inputs/)."]
-    settings = ("s(t) = 400·√(1−ᾱ): weight 400, schedule paper. Recurrence k = 10. cfg 1.5 with the text prompt. "
-                f"{steps} DDIM steps. The map is painted in PASCAL VOC colours (dog = (64, 0, 128), "
-                "background black) and must have the image's aspect ratio.")
+    sampling = (f"The sampler's {preset} preset: {PRESETS[preset].describe()}; its widgets show these values. "
+                if preset else f"Recurrence k = 10. {steps} DDIM steps. ")
+    settings = (f"s(t) = 400·√(1−ᾱ): weight 400, schedule paper. {sampling}cfg 1.5 with the text prompt. "
+                "The map is painted in PASCAL VOC colours (dog = (64, 0, 128), background black) and must have "
+                "the image's aspect ratio.")
+    taesd = preset and PRESETS[preset].cheap_decoder
     if taesd:
         files.append(TAESD_FILE)
-        settings += (" TAESD decodes x0 for the guidance loss (the full VAE still decodes the result): much "
-                     "cheaper per step, with a less exact gradient. Compare with sd15_segmentation_guidance.")
+        settings += (" TAESD decodes x0 for the guidance loss (the full VAE still decodes the result). "
+                     "Compare with sd15_segmentation_guidance.")
     workflow = Workflow(name, _note(experiment, files, settings))
     sd = _stable_diffusion(workflow, "Walker hound, Walker foxhound on snow")
     segmenter = workflow.add("UGDSegmentationModelLoader", architecture="lraspp_mobilenet_v3_large", weights=AUTO)
@@ -211,7 +243,8 @@ def _segmentation_guided(name: str, experiment: str, steps: int, taesd: bool) ->
                             segmentation_model=segmenter[0], target_map=target[0], weight=400.0, backward_steps=0)
     decoder = workflow.add("VAELoader", "Guidance decoder (TAESD)", vae_name="taesd") if taesd else None
     _sample_and_save(workflow, sd, guidance[0], workflow.name.replace("sd15", "ugd"), steps=steps, cfg=1.5,
-                     recurrence=10, guidance_vae=decoder[0] if decoder else None)
+                     recurrence=10, terms=[dict(weight=400.0)], guide="segmentation",
+                     guidance_vae=decoder[0] if decoder else None, preset=preset)
     return workflow
 
 
@@ -219,15 +252,16 @@ def segmentation() -> Workflow:
     return _segmentation_guided(
         "sd15_segmentation_guidance",
         "SEGMENTATION MAP GUIDANCE with a text prompt (paper §4.1, Fig. 4). MobileNetV3-Large LR-ASPP "
-        "makes the dog take the shape of the map while the prompt sets breed and scene.", 500, taesd=False)
+        "makes the dog take the shape of the map while the prompt sets breed and scene.", 500, preset=None)
 
 
 def segmentation_fast() -> Workflow:
     return _segmentation_guided(
         "sd15_segmentation_guidance_fast",
-        "SEGMENTATION MAP GUIDANCE, FAST VARIANT of sd15_segmentation_guidance (paper §4.1, Fig. 4): "
-        "50 instead of 500 steps, and TAESD instead of the full VAE for the guidance decode. Expect a "
-        "looser fit to the map in a fraction of the time.", 50, taesd=True)
+        "SEGMENTATION MAP GUIDANCE, FAST PRESET of sd15_segmentation_guidance (paper §4.1, Fig. 4). The fast "
+        "preset was chosen on the pack's toy world, where it keeps most of paper mode's gain at the cost of "
+        "about one and a half unguided runs (README: Quality against cost); on Stable Diffusion expect a looser "
+        "fit to the map than the paper's 500 steps with k = 10.", 500, preset="fast")
 
 
 def face() -> Workflow:
@@ -243,7 +277,8 @@ def face() -> Workflow:
     reference = workflow.add("LoadImage", "Reference face", image="ugd_face_reference_astronaut.png")
     guidance = workflow.add("UGDFaceIdentityGuidance", "Face Identity Guidance (s = 20000·√(1−ᾱ))",
                             face_model=faces[0], reference=reference[0], weight=20000.0, backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_face", steps=500, cfg=7.5, recurrence=2)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_face", steps=500, cfg=7.5, recurrence=2,
+                     terms=[dict(weight=20000.0)], guide=None)
     return workflow
 
 
@@ -260,7 +295,8 @@ def object_location() -> Workflow:
     guidance = workflow.add("UGDObjectLocationGuidance", "Object Location Guidance (s = 100·√(1−ᾱ))",
                             detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions", weight=100.0,
                             backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_object_location", steps=250, cfg=1.5, recurrence=3)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_object_location", steps=250, cfg=1.5, recurrence=3,
+                     terms=[dict(weight=100.0)], guide=None)
     return workflow
 
 
@@ -278,7 +314,8 @@ def style() -> Workflow:
     reference = workflow.add("LoadImage", "Style image", image="ugd_style_swirls.png")
     guidance = workflow.add("UGDCLIPImageGuidance", "CLIP Image Guidance: style (s = 6·√(1−ᾱ))", clip_model=clip[0],
                             image=reference[0], weight=6.0, backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], "ugd_style", steps=500, cfg=3.0, recurrence=6)
+    _sample_and_save(workflow, sd, guidance[0], "ugd_style", steps=500, cfg=3.0, recurrence=6,
+                     terms=[dict(weight=6.0)], guide="clip")
     return workflow
 
 
@@ -312,9 +349,11 @@ def unconditional_object_location() -> Workflow:
     forward = workflow.add("UGDObjectLocationGuidance", "Forward only", backward_steps=0, **common)
     both = workflow.add("UGDObjectLocationGuidance", "Forward + backward (m = 1)", backward_steps=1, **common)
     _sample_and_save(workflow, sd, forward[0], "ugd_object_location_forward", steps=1000, cfg=1.0,
-                     recurrence=3, title="Sampler: forward only (k = 3)")
+                     recurrence=3, terms=[dict(weight=100.0)], guide=None, title="Sampler: forward only (k = 3)",
+                     cost_title="forward only")
     _sample_and_save(workflow, sd, both[0], "ugd_object_location_forward_backward", steps=1000, cfg=1.0,
-                     recurrence=3, title="Sampler: forward + backward (k = 3)")
+                     recurrence=3, terms=[dict(weight=100.0, backward_steps=1)], guide=None,
+                     title="Sampler: forward + backward (k = 3)", cost_title="forward + backward")
     return workflow
 
 
@@ -344,7 +383,8 @@ def unconditional_segmentation_inpainting() -> Workflow:
                            weight=200.0, backward_steps=0)
     combined = workflow.add("UGDCombineGuidance", guidance_1=inpainting[0], guidance_2=classify[0],
                             guidance_3=segment[0])
-    _sample_and_save(workflow, sd, combined[0], "ugd_segmentation_inpainting", steps=1000, cfg=1.0, recurrence=1)
+    _sample_and_save(workflow, sd, combined[0], "ugd_segmentation_inpainting", steps=1000, cfg=1.0, recurrence=1,
+                     terms=[dict(weight=0.0, backward_steps=1), dict(weight=100.0), dict(weight=200.0)], guide=None)
     return workflow
 
 
