@@ -289,6 +289,60 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def claims(results: list[dict]) -> list[str]:
+    """The paper's claims, read off the rows: guided beats unguided, forward + backward beats forward on
+    location, and recurrence buys score for cost."""
+    rows = {(r["model"], r["task"], r["setting"]): r for r in results}
+    guided = [r for r in results if r["setting"] != UNGUIDED.name and (r["model"], r["task"], UNGUIDED.name) in rows]
+    worse = [r for r in guided if r["mean"] <= rows[(r["model"], r["task"], UNGUIDED.name)]["mean"]]
+    missed = ", ".join(f"{r['model']} {r['task']} {r['setting']}" for r in worse)
+    lines = [f"- Guided beats unguided in {len(guided) - len(worse)} of {len(guided)} rows"
+             + (f"; not in: {missed}." if worse else ".")]
+    for model in MODELS:
+        forward, both = rows.get((model, "location", "m = 0")), rows.get((model, "location", PAPER.name))
+        if forward and both:
+            interval = lambda r: f"{r['mean']:.3f} ({r['interval'][0]:.3f}–{r['interval'][1]:.3f})"  # noqa: E731
+            lines.append(f"- {model}, location: forward + backward (m = 3) {interval(both)} against forward only "
+                         f"{interval(forward)}: " + ("holds." if both["mean"] > forward["mean"] else "does not hold."))
+    for model, task in dict.fromkeys((r["model"], r["task"]) for r in results):
+        ladder = [rows[(model, task, name)] for name in ("k = 1", "k = 2", "k = 4", PAPER.name) if (model, task, name) in rows]
+        if len(ladder) > 2:
+            lines.append(f"- {model}, {task}, recurrence: " + ", ".join(
+                f"k = {10 if r['setting'] == PAPER.name else r['setting'][4:]}: {r['mean']:.3f} at {r['sd15_cost']:.1f}×"
+                for r in ladder) + ".")
+    return lines
+
+
+def preset_checks(results: list[dict]) -> list[str]:
+    """Per task and model, each preset against its targets: fast keeps 90% of paper mode's gain over unguided at
+    1.5× an unguided run's cost or less; balanced scores paper mode's or more at ⅕ of its cost or less; neither
+    has a KID worse than paper mode's by more than paper mode's spread."""
+    rows = {(r["model"], r["task"], r["setting"]): r for r in results}
+    lines = []
+    for model, task in dict.fromkeys((r["model"], r["task"]) for r in results):
+        unguided, paper = rows.get((model, task, UNGUIDED.name)), rows.get((model, task, PAPER.name))
+        if not (unguided and paper):
+            continue
+        gain = paper["mean"] - unguided["mean"]
+        for name in ("fast", "balanced"):
+            row = rows.get((model, task, f"{name} preset"))
+            if not row:
+                continue
+            retained = (row["mean"] - unguided["mean"]) / gain if gain > 0 else float("nan")
+            realism = row["kid"] <= paper["kid"] + paper["kid_spread"]
+            if name == "fast":
+                score, cost = retained >= 0.9, row["sd15_cost"] <= 1.5
+                wanted = f"keeps {retained:.0%} of paper mode's gain at {row['sd15_cost']:.2f}× unguided"
+            else:
+                score, cost = row["mean"] >= paper["mean"], row["sd15_cost"] <= paper["sd15_cost"] / 5
+                wanted = (f"scores {row['mean']:.3f} against paper mode's {paper['mean']:.3f} at "
+                          f"{row['sd15_cost'] / paper['sd15_cost']:.2f} of its cost")
+            missed = [what for what, ok in (("score", score), ("cost", cost), ("KID", realism)) if not ok]
+            lines.append(f"- {model}, {task}, {name}: {wanted}, KID {row['kid']:.0f} against {paper['kid']:.0f} ± "
+                         f"{paper['kid_spread']:.0f}: " + (f"misses on {', '.join(missed)}" if missed else "meets its targets"))
+    return lines
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The (cost, score) points that no other point beats on both, cheapest first."""
     front, best = [], float("-inf")
@@ -339,7 +393,8 @@ def plot(results: list[dict], path: str) -> None:
 
 def write(results: list[dict], output: str, half: str, minutes: float) -> None:
     """The table, the rows as JSON and the plot, rewritten after every row so that a cut-off run keeps its rows."""
-    text = markdown(results) + f"\n\n{len(results)} rows in {minutes:.1f} min on this machine.\n"
+    text = (markdown(results) + f"\n\n{len(results)} rows in {minutes:.1f} min on this machine.\n\n"
+            + "\n".join(claims(results) + preset_checks(results)) + "\n")
     with open(os.path.join(output, f"results_{half}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(output, f"results_{half}.json"), "w") as f:

@@ -85,3 +85,26 @@ def test_the_plot_has_a_panel_per_task(tmp_path):
 
     width, height = Image.open(path).size
     assert width == 2 * 450 and height == 400  # two panels of 4.5 × 4 inches at 100 dpi
+
+
+def test_the_preset_checks_hold_each_preset_to_its_targets():
+    def row(setting, mean, cost, kid=100.0):
+        return dict(model="eps", task="segmentation", setting=setting, mean=mean, sd15_cost=cost, kid=kid, kid_spread=50.0)
+
+    results = [row("unguided", 0.2, 1.0), row("paper", 0.6, 60.0), row("fast preset", 0.57, 1.4, kid=140.0),
+               row("balanced preset", 0.59, 10.0, kid=200.0)]
+    fast, balanced = frontier.preset_checks(results)
+    assert "fast: keeps 92% of paper mode's gain at 1.40× unguided" in fast and fast.endswith("meets its targets")
+    assert balanced.endswith("misses on score, KID")  # below paper mode's score, KID beyond its spread
+
+
+def test_the_claims_read_the_papers_questions_off_the_rows():
+    def row(task, setting, mean, cost=1.0):
+        return dict(model="eps", task=task, setting=setting, mean=mean, interval=(mean - 0.1, mean + 0.1), sd15_cost=cost)
+
+    results = [row("location", "unguided", 0.1), row("location", "paper", 0.3, 160.0), row("location", "m = 0", 0.2, 60.0),
+               row("location", "k = 1", 0.05, 15.0), row("location", "k = 2", 0.15, 30.0)]
+    beats, backward, recurrence = frontier.claims(results)
+    assert beats == "- Guided beats unguided in 3 of 4 rows; not in: eps location k = 1."
+    assert backward.startswith("- eps, location: forward + backward (m = 3) 0.300") and backward.endswith("holds.")
+    assert recurrence == "- eps, location, recurrence: k = 1: 0.050 at 15.0×, k = 2: 0.150 at 30.0×, k = 10: 0.300 at 160.0×."
