@@ -1,6 +1,7 @@
 """Quality against cost on the toy world's held-out targets: every setting's score, realism and counted cost.
 
     bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--tasks …] [--models …]
+                                  [--rows all|main|sweep] [--replot results_report.json …]
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
 ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
@@ -263,18 +264,25 @@ def combinations() -> list[Setting]:
     ]
 
 
-def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS) -> list[tuple[str, str, Setting]]:
-    """(model, task, setting): unguided, paper mode and the presets everywhere, then the lever sweep and the
-    combinations on segmentation with the ε and the flow model and on location with the ε model, cheapest
-    first; --quick: segmentation with the ε model only."""
+ROW_GROUPS = ("all", "main", "sweep")
+
+
+def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS,
+                group: str = "all") -> list[tuple[str, str, Setting]]:
+    """(model, task, setting): the main rows, unguided, paper mode and the presets on every task and model; then
+    the sweep, the single levers and the combinations on segmentation with the ε and the flow model and on
+    location with the ε model. --quick: segmentation with the ε model only."""
     if quick:
         return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, preset_setting("fast"), Setting("k = 2", recurrence=2))]
     presets = [preset_setting(name) for name in PRESETS if name != "paper"]
-    rows = [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER, *presets)]
-    swept = [("eps", "segmentation"), ("flow", "segmentation"), ("eps", "location")]
-    rows += [(model, task, s) for model, task in swept if model in models and task in tasks
-             for s in lever_sweep() + combinations()
-             if s.backward_steps != PAPER_BACKWARD_STEPS[task]]  # that would be paper mode again
+    rows = []
+    if group in ("all", "main"):
+        rows += [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER, *presets)]
+    if group in ("all", "sweep"):
+        swept = [("eps", "segmentation"), ("flow", "segmentation"), ("eps", "location")]
+        rows += [(model, task, s) for model, task in swept if model in models and task in tasks
+                 for s in lever_sweep() + combinations()
+                 if s.backward_steps != PAPER_BACKWARD_STEPS[task]]  # that would be paper mode again
     return rows
 
 
@@ -391,9 +399,10 @@ def plot(results: list[dict], path: str) -> None:
     plt.close(figure)
 
 
-def write(results: list[dict], output: str, half: str, minutes: float) -> None:
+def write(results: list[dict], output: str, half: str, minutes: float | None = None) -> None:
     """The table, the rows as JSON and the plot, rewritten after every row so that a cut-off run keeps its rows."""
-    text = (markdown(results) + f"\n\n{len(results)} rows in {minutes:.1f} min on this machine.\n\n"
+    timing = f" in {minutes:.1f} min on this machine" if minutes is not None else ""
+    text = (markdown(results) + f"\n\n{len(results)} rows{timing}.\n\n"
             + "\n".join(claims(results) + preset_checks(results)) + "\n")
     with open(os.path.join(output, f"results_{half}.md"), "w") as f:
         f.write(text)
@@ -410,18 +419,27 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=2, help="sampling seeds per target (default 2)")
     parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, help="only these tasks' rows")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="only these models' rows")
+    parser.add_argument("--rows", default="all", choices=ROW_GROUPS,
+                        help="main: unguided, paper mode and the presets everywhere; sweep: the levers and combinations")
     parser.add_argument("--output", default=os.path.join(PACK_DIR, "bench-output", "frontier"))
+    parser.add_argument("--replot", nargs="+", metavar="JSON",
+                        help="sample nothing: write the table and plot of these runs' rows (results_<half>.json) together")
     args = parser.parse_args(argv)
     if args.quick:
         args.targets, args.seeds = 4, 1
     os.makedirs(args.output, exist_ok=True)
+    if args.replot:
+        results = [row for path in args.replot for row in json.load(open(path))]
+        write(results, args.output, args.half)
+        print(f"wrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png from {len(results)} rows")
+        return results
     toy = Toy(ComfyHost(os.environ["COMFYUI_PATH"]))
     features = evaluation.RealismFeatures(toy.evaluators["classifier"])
     real = evaluation.real_scenes()
     started, results = time.time(), []
     print(f"{args.half} half, {args.targets} targets × {args.seeds} seeds per row", flush=True)
     models = [model for model in args.models if model in toy.models]
-    for model, task, setting in rows_to_run(args.quick, models, args.tasks):
+    for model, task, setting in rows_to_run(args.quick, models, args.tasks, args.rows):
         results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
         print(markdown(results[-1:]).splitlines()[-1], flush=True)
         write(results, args.output, args.half, (time.time() - started) / 60)
