@@ -5,7 +5,8 @@
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
 ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
-the pack's Universal Guided KSampler, batched by seed: sample i of a batch is guided to target i. That is fair,
+the pack's Universal Guided KSampler, batched by seed: sample i of a batch is guided to target i (the segmentation
+and inpainting nodes take the batch of targets; the others' losses are joined per sample). That is fair,
 because every guidance loss depends on its own sample's image only (the engine's loss protocol): without
 recurrence a batch gives each sample exactly what a run of its own would (tests/test_toy_world_frontier.py),
 and with it only the re-noising noise differs, drawn for the whole batch, from the same distribution. Unguided
@@ -143,30 +144,34 @@ class Toy:
         with torch.inference_mode():
             return getattr(self.nodes[node](), function)(**inputs)
 
-    def guidance(self, task: str, target, weight: float, backward_steps: int) -> tuple:
+    def guidance(self, task: str, task_targets: Sequence, weight: float, backward_steps: int) -> tuple:
+        """One guidance for the batch, sample i guided to target i: the segmentation and inpainting nodes take a
+        batch of targets themselves; the others' nodes take one each, joined by PerSampleLoss."""
         def settings(task_name):
             w, lr = WEIGHTS[task_name]
             return dict(weight=w * weight, schedule="paper", backward_steps=backward_steps, backward_lr=lr,
                         optimizer="adam", start_percent=0.0, end_percent=1.0)
 
         if task == "segmentation":
-            picture = as_comfy_image(map_picture(torch.from_numpy(target.segmentation).long())[None])
+            maps = torch.stack([torch.from_numpy(t.segmentation).long() for t in task_targets])
             return self.call("UGDSegmentationGuidance", "guide", segmentation_model=self.segmenter, class_name="circle",
-                             outside_mask="background", target_map=picture, **settings(task))[0]
+                             outside_mask="background", target_map=as_comfy_image(map_picture(maps)), **settings(task))[0]
         if task == "classification":
-            return self.call("UGDClassifierGuidance", "guide", classifier=self.classifier, target_class=target.name,
-                             **settings(task))[0]
+            return per_sample([self.call("UGDClassifierGuidance", "guide", classifier=self.classifier,
+                                         target_class=t.name, **settings(task))[0] for t in task_targets])
         if task == "location":
-            boxes = "\n".join(f"{shape} {' '.join(f'{v:.4f}' for v in box)}" for shape, box in target.boxes)
-            return self.call("UGDObjectLocationGuidance", "guide", detector=self.detector, boxes=boxes, units="fractions",
-                             proposal_seed=0, **settings(task))[0]
+            def boxes(target):
+                return "\n".join(f"{shape} {' '.join(f'{v:.4f}' for v in box)}" for shape, box in target.boxes)
+            return per_sample([self.call("UGDObjectLocationGuidance", "guide", detector=self.detector, boxes=boxes(t),
+                                         units="fractions", proposal_seed=0, **settings(task))[0] for t in task_targets])
         if task == "inpainting":
-            image = torch.from_numpy(target.image).float()[None] / 255
-            hole = 1 - torch.from_numpy(target.known())[None]
-            return self.call("UGDImageReconstructionGuidance", "guide", image=image, mask=hole, **settings(task))[0]
+            images = torch.stack([torch.from_numpy(t.image).float() / 255 for t in task_targets])
+            holes = 1 - torch.stack([torch.from_numpy(t.known()) for t in task_targets])
+            return self.call("UGDImageReconstructionGuidance", "guide", image=images, mask=holes, **settings(task))[0]
         if task == "combination":
-            return (self.guidance("segmentation", target.map, weight, backward_steps)
-                    + self.guidance("classification", targets.ClassTarget(target.class_name), weight, backward_steps))
+            return (self.guidance("segmentation", [t.map for t in task_targets], weight, backward_steps)
+                    + self.guidance("classification", [targets.ClassTarget(t.class_name) for t in task_targets],
+                                    weight, backward_steps))
         raise ValueError(f"unknown task {task!r}")
 
     def sample(self, model: str, task: str, task_targets: Sequence, setting: Setting, seed: int) -> torch.Tensor:
@@ -180,7 +185,7 @@ class Toy:
         else:
             backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
             weight = 0.0 if task in BACKWARD_ONLY else MODEL_WEIGHT_SCALE[model]
-            guidance = per_sample([self.guidance(task, t, weight, backward_steps) for t in task_targets])
+            guidance = self.guidance(task, task_targets, weight, backward_steps)
             samples = self.call("UniversalGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler="ddim",
                                 recurrence=setting.recurrence, guidance_vae=cheap_vae if setting.cheap_decoder else vae,
                                 guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,

@@ -86,8 +86,8 @@ def as_comfy_image(images: torch.Tensor) -> torch.Tensor:
 
 
 def map_picture(segmentation: torch.Tensor) -> torch.Tensor:
-    """A class map (H, W) as a (3, H, W) picture in the VOC palette colours that Segmentation Guidance reads."""
-    return (voc_palette()[segmentation].float() / 255).permute(2, 0, 1)
+    """Class maps (…, H, W) as (…, 3, H, W) pictures in the VOC palette colours that Segmentation Guidance reads."""
+    return (voc_palette()[segmentation].float() / 255).movedim(-1, -3)
 
 
 class Tasks:

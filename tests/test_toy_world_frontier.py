@@ -16,14 +16,15 @@ def toy(comfy):
     return frontier.Toy(comfy)
 
 
-def test_a_batch_of_targets_guides_each_sample_as_a_run_of_its_own(toy):
+@pytest.mark.parametrize("task", ["location", "segmentation", "inpainting"])  # losses joined, and batches of targets
+def test_a_batch_of_targets_guides_each_sample_as_a_run_of_its_own(toy, task):
     """Without recurrence, whose re-noising is drawn for the whole batch, the run is deterministic given its noise."""
-    task_targets = targets.targets("location", "tuning")[:2]
+    task_targets = targets.targets(task, "tuning")[:2]
     seed = splits.sampling_seeds("tuning", 1)[0]
     once = frontier.dataclasses.replace(TINY, recurrence=1)
-    batched = toy.sample("eps", "location", task_targets, once, seed)
-    alone = toy.sample("eps", "location", task_targets[:1], once, seed)
-    unguided = toy.sample("eps", "location", task_targets[:1], frontier.Setting("plain", steps=3, guided=False), seed)
+    batched = toy.sample("eps", task, task_targets, once, seed)
+    alone = toy.sample("eps", task, task_targets[:1], once, seed)
+    unguided = toy.sample("eps", task, task_targets[:1], frontier.Setting("plain", steps=3, guided=False), seed)
     torch.testing.assert_close(batched[:1], alone, atol=2e-3, rtol=0)
     assert (alone - unguided).abs().mean() > 1e-3  # guidance moved it
 
