@@ -1,7 +1,7 @@
 """Quality against cost on the toy world's held-out targets: every setting's score, realism and counted cost.
 
     bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--tasks …] [--models …]
-                                  [--rows all|main|sweep] [--replot results_report.json …]
+                                  [--rows all|main|sweep] [--resume] [--replot results_report.json …]
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
 ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
@@ -427,6 +427,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--rows", default="all", choices=ROW_GROUPS,
                         help="main: unguided, paper mode and the presets everywhere; sweep: the levers and combinations")
     parser.add_argument("--output", default=os.path.join(PACK_DIR, "bench-output", "frontier"))
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --output's results and run the rest")
     parser.add_argument("--replot", nargs="+", metavar="JSON",
                         help="sample nothing: write the table and plot of these runs' rows (results_<half>.json) together")
     args = parser.parse_args(argv)
@@ -442,9 +443,15 @@ def main(argv=None) -> list[dict]:
     features = evaluation.RealismFeatures(toy.evaluators["classifier"])
     real = evaluation.real_scenes()
     started, results = time.time(), []
+    previous = os.path.join(args.output, f"results_{args.half}.json")
+    if args.resume and os.path.exists(previous):
+        results = json.load(open(previous))
+    done = {(r["model"], r["task"], r["setting"]) for r in results}
     print(f"{args.half} half, {args.targets} targets × {args.seeds} seeds per row", flush=True)
     models = [model for model in args.models if model in toy.models]
     for model, task, setting in rows_to_run(args.quick, models, args.tasks, args.rows):
+        if (model, task, setting.name) in done:
+            continue
         results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
         print(markdown(results[-1:]).splitlines()[-1], flush=True)
         write(results, args.output, args.half, (time.time() - started) / 60)
