@@ -285,10 +285,24 @@ def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS
         rows += [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER, *presets)]
     if group in ("all", "sweep"):
         swept = [("eps", "segmentation"), ("flow", "segmentation"), ("eps", "location")]
-        rows += [(model, task, s) for model, task in swept if model in models and task in tasks
-                 for s in lever_sweep() + combinations()
-                 if s.backward_steps != PAPER_BACKWARD_STEPS[task]]  # that would be paper mode again
+        for model, task in swept:
+            if model in models and task in tasks:
+                settings = [s for s in lever_sweep() + combinations()
+                            if s.backward_steps != PAPER_BACKWARD_STEPS[task]]  # that would be paper mode again
+                rows += [(model, task, s) for s in sorted(settings, key=lambda s: expected_cost(task, s))]
     return rows
+
+
+def expected_cost(task: str, setting: Setting) -> float:
+    """The setting's SD 1.5 cost before it runs, from a stand-in run (the sweep runs cheapest first, so that a
+    cut-off run has the most rows)."""
+    backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
+    term = dict(weight=0.0 if task in BACKWARD_ONLY else 1.0, backward_steps=backward_steps)
+    return sd_equivalent.settings_multiple(
+        setting.steps, setting.recurrence, [term], "taesd" if setting.cheap_decoder else "vae",
+        "segmentation" if task == "segmentation" else "clip", gradient=setting.gradient,
+        guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
+        decode_resolution=setting.decode_resolution)
 
 
 def markdown(results: list[dict]) -> str:

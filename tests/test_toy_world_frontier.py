@@ -60,6 +60,8 @@ def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
     assert len(picked) == len(everywhere) + len(frontier.lever_sweep()) - 1 + len(frontier.combinations())
     main, sweep = (frontier.rows_to_run(False, frontier.MODELS, group=group) for group in ("main", "sweep"))
     assert main + sweep == rows and {s.name for _, _, s in main} == set(everywhere)
+    costs = [frontier.expected_cost("segmentation", s) for m, t, s in sweep if (m, t) == ("eps", "segmentation")]
+    assert costs == sorted(costs) and costs[0] < 10 < 100 < costs[-1]  # cheapest first: fast with the VAE to m = 5
 
 
 def test_the_paper_preset_is_the_benchmarks_paper_mode_and_preset_rows_spell_out_their_levers():
