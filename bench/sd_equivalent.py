@@ -79,13 +79,17 @@ class _StandInLoss:
 
 
 def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], gradient: str = "through_unet",
-                   guidance_every: int = 1, guidance_end: float = 1.0, decode_resolution: str = "full") -> PassCounts:
-    """One sample's passes in a guided run of these settings, counted on a stand-in of the denoiser, decoder and
-    loss; `terms` are GuidanceTerm settings (weight, backward_steps, start_percent, end_percent)."""
+                   guidance_every: int = 1, guidance_end: float = 1.0, decode_resolution: str = "full",
+                   weight_scale: float = 1.0) -> PassCounts:
+    """One sample's passes in a guided run of these settings (the sampler's levers by their input names), counted
+    on a stand-in of the denoiser, decoder and loss; `terms` are GuidanceTerm settings (weight, backward_steps,
+    start_percent, end_percent)."""
     counts, size = PassCounts(), 4
     decode = at_reduced_resolution(counts.counted("decoder", lambda x0: x0.repeat(1, 3, 8, 8), full_area=size * size),
                                    decode_resolution)
-    guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(), **term) for i, term in enumerate(terms))
+    guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(),
+                                  **{**term, "weight": term.get("weight", 0.0) * weight_scale})
+                     for i, term in enumerate(terms))
     sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])
     denoiser = lambda x, sigma, **extra: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)  # noqa: E731
     sample_universal_guidance(denoiser, torch.randn(1, 1, size, size), sigmas, guidance=guidance, decode=decode,

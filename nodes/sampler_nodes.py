@@ -55,7 +55,6 @@ SPEED_INPUTS = {
          "A preset other than custom sets these levers and ignores the inputs for them; checkpointing and "
          "autocast stay as set. Measured scores and costs: the pack's README, Quality against cost."])}),
 }
-PRESET_LEVERS = ("guidance_every", "guidance_end", "gradient", "weight_scale", "decode_resolution")
 
 
 def preset_levers(preset: str, steps: int | None, recurrence: int, speed: dict) -> tuple[int | None, int, dict]:
@@ -66,8 +65,7 @@ def preset_levers(preset: str, steps: int | None, recurrence: int, speed: dict) 
         raise ValueError(f"preset must be custom or one of {tuple(PRESETS)}, got {preset!r}.")
     chosen = PRESETS[preset]
     log.info("Universal guidance: preset %s: %s.", preset, chosen.describe())
-    levers = {name: getattr(chosen, name) for name in PRESET_LEVERS}
-    return chosen.steps or steps, chosen.recurrence, {**speed, **levers}
+    return chosen.steps or steps, chosen.recurrence, {**speed, **chosen.levers()}
 
 
 def _sigmas(model, scheduler: str, steps: int, denoise: float):

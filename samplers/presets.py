@@ -24,6 +24,11 @@ class Preset:
     decode_resolution: str = "full"
     cheap_decoder: bool = False
 
+    def levers(self) -> dict:
+        """The sampler's speed options that the preset sets (steps and recurrence are the sampler's own inputs)."""
+        return dict(guidance_every=self.guidance_every, guidance_end=self.guidance_end, gradient=self.gradient,
+                    weight_scale=self.weight_scale, decode_resolution=self.decode_resolution)
+
     def describe(self) -> str:
         parts = [f"{self.steps} steps" if self.steps else "the sampler's steps",
                  f"k = {self.recurrence}",

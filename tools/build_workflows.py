@@ -172,9 +172,8 @@ def _sample_and_save(workflow: Workflow, sd, guidance: Output, prefix: str, *, s
     if preset:  # the widgets show the preset's values
         chosen = PRESETS[preset]
         steps, recurrence = chosen.steps or steps, chosen.recurrence
-        levers = dict(gradient=chosen.gradient, guidance_every=chosen.guidance_every, guidance_end=chosen.guidance_end,
-                      decode_resolution=chosen.decode_resolution)
-        extra.update(levers, weight_scale=chosen.weight_scale, preset=preset)
+        levers = chosen.levers()
+        extra.update(levers, preset=preset)
     title = title or f"Universal Guided KSampler ({f'{preset} preset' if preset else f'k = {recurrence}'})"
     workflow.note += _cost_note(cost_title, steps, recurrence, terms, "taesd" if guidance_vae else "vae", guide, levers)
     sampler = workflow.add("UniversalGuidedKSampler", title, model=checkpoint[0], vae=checkpoint[2],
