@@ -5,8 +5,8 @@
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
 ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
-the pack's Universal Guided KSampler, batched by seed: sample i of a batch is guided to target i (the segmentation
-and inpainting nodes take the batch of targets; the others' losses are joined per sample). That is fair,
+the pack's Universal Guided KSampler, batched by seed: sample i of a batch is guided to target i (the guidance
+nodes take a target per image, and the classifier's loss a class per image). That is fair,
 because every guidance loss depends on its own sample's image only (the engine's loss protocol): without
 recurrence a batch gives each sample exactly what a run of its own would (tests/test_toy_world_frontier.py),
 and with it only the re-noising noise differs, drawn for the whole batch, from the same distribution. Unguided
@@ -102,29 +102,6 @@ def lever_sweep() -> list[Setting]:
     ]
 
 
-class PerSampleLoss:
-    """Sample i's loss is loss i's: one batch guides each sample to its own target."""
-
-    def __init__(self, losses: Sequence):
-        self.losses = tuple(losses)
-
-    def check(self, batch: int, height: int, width: int) -> None:
-        if batch != len(self.losses):
-            raise ValueError(f"{len(self.losses)} targets for a batch of {batch}")
-        for loss in self.losses:
-            loss.check(1, height, width)
-
-    def bind(self, device):
-        bound = [loss.bind(device) for loss in self.losses]
-        return lambda image: torch.cat([fn(image[i:i + 1]) for i, fn in enumerate(bound)])
-
-
-def per_sample(guidances: Sequence[tuple]) -> tuple:
-    """One guidance whose terms guide sample i as guidances[i]'s do (each with the same settings)."""
-    return tuple(dataclasses.replace(terms[0], loss=PerSampleLoss([t.loss for t in terms]))
-                 for terms in zip(*guidances))
-
-
 class Toy:
     """The toy world's nodes, called as ComfyUI's executor calls them (in inference mode)."""
 
@@ -145,8 +122,8 @@ class Toy:
             return getattr(self.nodes[node](), function)(**inputs)
 
     def guidance(self, task: str, task_targets: Sequence, weight: float, backward_steps: int) -> tuple:
-        """One guidance for the batch, sample i guided to target i: the segmentation and inpainting nodes take a
-        batch of targets themselves; the others' nodes take one each, joined by PerSampleLoss."""
+        """One guidance for the batch, sample i guided to target i: the segmentation, location and inpainting nodes
+        take a target per image themselves; Classifier Guidance takes one class, so its loss gets the batch's."""
         def settings(task_name):
             w, lr = WEIGHTS[task_name]
             return dict(weight=w * weight, schedule="paper", backward_steps=backward_steps, backward_lr=lr,
@@ -157,13 +134,15 @@ class Toy:
             return self.call("UGDSegmentationGuidance", "guide", segmentation_model=self.segmenter, class_name="circle",
                              outside_mask="background", target_map=as_comfy_image(map_picture(maps)), **settings(task))[0]
         if task == "classification":
-            return per_sample([self.call("UGDClassifierGuidance", "guide", classifier=self.classifier,
-                                         target_class=t.name, **settings(task))[0] for t in task_targets])
+            term, = self.call("UGDClassifierGuidance", "guide", classifier=self.classifier,
+                              target_class=task_targets[0].name, **settings(task))[0]
+            classes = [networks.CLASSIFIER_CLASSES.index(t.name) for t in task_targets]
+            return (dataclasses.replace(term, loss=type(term.loss)(term.loss.classifier, classes)),)
         if task == "location":
-            def boxes(target):
-                return "\n".join(f"{shape} {' '.join(f'{v:.4f}' for v in box)}" for shape, box in target.boxes)
-            return per_sample([self.call("UGDObjectLocationGuidance", "guide", detector=self.detector, boxes=boxes(t),
-                                         units="fractions", proposal_seed=0, **settings(task))[0] for t in task_targets])
+            boxes = "\n---\n".join("\n".join(f"{shape} {' '.join(f'{v:.4f}' for v in box)}" for shape, box in t.boxes)
+                                   for t in task_targets)
+            return self.call("UGDObjectLocationGuidance", "guide", detector=self.detector, boxes=boxes,
+                             units="fractions", proposal_seed=0, **settings(task))[0]
         if task == "inpainting":
             images = torch.stack([torch.from_numpy(t.image).float() / 255 for t in task_targets])
             holes = 1 - torch.stack([torch.from_numpy(t.known()) for t in task_targets])

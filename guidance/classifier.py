@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Sequence
 
 import kornia
 import torch
@@ -88,13 +89,15 @@ def class_index(target: str, categories=IMAGENET_CATEGORIES) -> int:
 
 
 class ClassifierLoss:
-    """ℓ = cross-entropy of the classifier's logits to class `index`, per sample."""
+    """ℓ = cross-entropy of the classifier's logits to class `index` (one for every sample, or one per sample), per sample."""
 
-    def __init__(self, classifier: ImageClassifier, index: int):
+    def __init__(self, classifier: ImageClassifier, index: int | Sequence[int]):
         self.classifier, self.index = classifier, index
 
     def check(self, batch: int, height: int, width: int) -> None:
-        pass  # any image size is resized to the classifier's input
+        # any image size is resized to the classifier's input
+        if not isinstance(self.index, int) and len(self.index) != batch:
+            raise ValueError(f"There are {len(self.index)} target classes for a batch of {batch}: give one class, or one per image.")
 
     def bind(self, device: torch.device):
         classifier = self.classifier
@@ -102,7 +105,7 @@ class ClassifierLoss:
 
         def loss(image: torch.Tensor) -> torch.Tensor:
             logits = classifier(image.to(network_device, torch.float32)).float()
-            target = torch.full((logits.shape[0],), self.index, device=network_device)
+            target = torch.as_tensor(self.index, device=network_device).expand(logits.shape[0])
             return F.cross_entropy(logits, target, reduction="none").to(image.device)
 
         return loss

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torchvision
@@ -46,16 +47,36 @@ def coco_label(name: str, categories=COCO_CATEGORIES) -> int:
     raise ValueError(f"Unknown object class {name.strip()!r}.{hint}")
 
 
+BOX_SET_SEPARATOR = "---"
+
+
 def parse_boxes(text: str, units: str = "auto", categories=COCO_CATEGORIES) -> Boxes:
     """Parse one box per line, `label x0 y0 x1 y1`; blank lines and lines starting with '#' are skipped.
 
     units: "pixels", "fractions" (of the image's width and height), or "auto": fractions when every
     coordinate lies in [0, 1], else pixels.
     """
+    return _parse_lines(list(enumerate(text.splitlines(), start=1)), units, categories)
+
+
+def parse_box_sets(text: str, units: str = "auto", categories=COCO_CATEGORIES) -> tuple[Boxes, ...]:
+    """Box lists as `parse_boxes` reads them, one per image of a batch, each after a `---` line but the first."""
+    sets, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() == BOX_SET_SEPARATOR:
+            sets.append(lines)
+            lines = []
+        else:
+            lines.append((number, line))
+    return tuple(_parse_lines(lines, units, categories, f"Box set {i + 1}: " if sets else "")
+                 for i, lines in enumerate(sets + [lines]))
+
+
+def _parse_lines(numbered_lines, units: str, categories, context: str = "") -> Boxes:
     if units not in UNITS:
         raise ValueError(f"units must be one of {UNITS}, got {units!r}.")
     labels, corners = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in numbered_lines:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -72,10 +93,10 @@ def parse_boxes(text: str, units: str = "auto", categories=COCO_CATEGORIES) -> B
         labels.append(coco_label(" ".join(parts[:-4]), categories))
         corners.append(coordinates)
     if not labels:
-        raise ValueError("The box list is empty: write one box per line as 'label x0 y0 x1 y1', e.g. 'dog 38 166 218 346'.")
+        raise ValueError(f"{context}The box list is empty: write one box per line as 'label x0 y0 x1 y1', e.g. 'dog 38 166 218 346'.")
     fractions = units == "fractions" or (units == "auto" and max(max(c) for c in corners) <= 1.0)
     if fractions and max(max(c) for c in corners) > 1.0:
-        raise ValueError("With units 'fractions' every coordinate must lie in [0, 1].")
+        raise ValueError(f"{context}With units 'fractions' every coordinate must lie in [0, 1].")
     return Boxes(tuple(labels), tuple(corners), fractions)
 
 
@@ -91,18 +112,22 @@ class Detector(torch.nn.Module):
     def check_boxes(self, labels) -> None:
         """Any number of boxes per label is fine for Faster R-CNN."""
 
-    def location_loss(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """ℓ for one image (3, H, W) in [0, 1], with target boxes (N, 4) in its pixels and labels (N,)."""
+    def location_loss(self, images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """ℓ per image of (B, 3, H, W) in [0, 1], image i with target boxes[i] (N, 4) in its pixels and labels[i] (N,).
+        Faster R-CNN averages its losses over a batch, so each image takes a call of its own."""
         was_training = self.network.training
         self.network.train()
         for module in self.network.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
         try:
-            losses = self.network([image], [{"boxes": boxes, "labels": labels}])
+            values = []
+            for image, image_boxes, image_labels in zip(images, boxes, labels):
+                losses = self.network([image], [{"boxes": image_boxes, "labels": image_labels}])
+                values.append(sum(losses[name] for name in LOSS_TERMS))
         finally:
             self.network.train(was_training)
-        return sum(losses[name] for name in LOSS_TERMS)
+        return torch.stack(values)
 
 
 def build_detector(state_dict: dict | None = None) -> Detector:
@@ -146,34 +171,39 @@ def small_random_detector(seed: int = 0, image_size: int = 64) -> Detector:
 
 
 class ObjectLocationLoss:
-    """ℓ = the detector's training loss for `boxes`, per sample, with proposal sampling seeded by `seed`."""
+    """ℓ = the detector's training loss for `boxes` (one set for every sample, or one per sample), per sample,
+    with proposal sampling seeded by `seed`."""
 
-    def __init__(self, detector: Detector, boxes: Boxes, seed: int = 0):
-        self.detector, self.boxes, self.seed = detector, boxes, seed
+    def __init__(self, detector: Detector, boxes: Boxes | Sequence[Boxes], seed: int = 0):
+        self.detector, self.seed = detector, seed
+        self.box_sets = (boxes,) if isinstance(boxes, Boxes) else tuple(boxes)
 
     def check(self, batch: int, height: int, width: int) -> None:
-        if not self.boxes.fractions:
-            corners = self.boxes.in_pixels(height, width)
-            if (corners[:, [0, 2]] > width).any() or (corners[:, [1, 3]] > height).any():
-                raise ValueError(f"A box reaches outside the {width}x{height} image being sampled: give pixel "
-                                 f"coordinates within it, or fractions of the image with units 'fractions'.")
+        if len(self.box_sets) not in (1, batch):
+            raise ValueError(f"There are {len(self.box_sets)} box sets for a batch of {batch}: give one set for every "
+                             f"image, or one set per image, separated by '{BOX_SET_SEPARATOR}' lines.")
+        for boxes in self.box_sets:
+            if not boxes.fractions:
+                corners = boxes.in_pixels(height, width)
+                if (corners[:, [0, 2]] > width).any() or (corners[:, [1, 3]] > height).any():
+                    raise ValueError(f"A box reaches outside the {width}x{height} image being sampled: give pixel "
+                                     f"coordinates within it, or fractions of the image with units 'fractions'.")
 
     def bind(self, device: torch.device):
         detector = self.detector
         network_device = next(detector.parameters()).device
-        labels = torch.tensor(self.boxes.labels, dtype=torch.int64, device=network_device)
+        labels = [torch.tensor(boxes.labels, dtype=torch.int64, device=network_device) for boxes in self.box_sets]
         calls = [0]
 
         def loss(image: torch.Tensor) -> torch.Tensor:
             h, w = image.shape[-2:]
-            boxes = self.boxes.in_pixels(h, w).to(network_device)
-            values = []
+            per_sample = [i if len(self.box_sets) > 1 else 0 for i in range(image.shape[0])]
+            boxes = [self.box_sets[i].in_pixels(h, w).to(network_device) for i in per_sample]
             devices = [network_device] if network_device.type == "cuda" else []
-            for picture in image.to(network_device, torch.float32):
-                calls[0] += 1
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(self.seed * 1_000_003 + calls[0])
-                    values.append(detector.location_loss(picture, boxes, labels))
-            return torch.stack(values).to(image.device)
+            calls[0] += 1
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed * 1_000_003 + calls[0])
+                values = detector.location_loss(image.to(network_device, torch.float32), boxes, [labels[i] for i in per_sample])
+            return values.to(image.device)
 
         return loss

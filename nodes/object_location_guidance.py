@@ -1,7 +1,7 @@
 """Object location guidance nodes (paper §4.2, Fig. 4): a Faster R-CNN loader and the guidance."""
 from __future__ import annotations
 
-from ..guidance.object_location import UNITS, WEIGHTS, ObjectLocationLoss, build_detector, parse_boxes
+from ..guidance.object_location import UNITS, WEIGHTS, ObjectLocationLoss, build_detector, parse_box_sets
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 from .network_weights import file_name, load_state_dict, managed, weights_input, WeightsFileLoader
 
@@ -37,7 +37,8 @@ class ObjectLocationGuidance:
         return {"required": {
             "detector": (DETECTOR_MODEL, {"tooltip": "From Object Detector Loader."}),
             "boxes": ("STRING", {"multiline": True, "default": EXAMPLE_BOXES,
-                                 "tooltip": "One box per line: a COCO class and x0 y0 x1 y1 (left, top, right, bottom)."}),
+                                 "tooltip": "One box per line: a COCO class and x0 y0 x1 y1 (left, top, right, bottom). For a batch with "
+                                            "other boxes for each image, give one set per image, each after a line '---' but the first."}),
             "units": (list(UNITS), {"default": "auto",
                                     "tooltip": "pixels of the sampled image, or fractions of its width and height. auto: fractions if every number is at most 1."}),
             "proposal_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
@@ -46,10 +47,12 @@ class ObjectLocationGuidance:
         }}
 
     def guide(self, detector, boxes, units, proposal_seed, **settings):
-        parsed = parse_boxes(boxes, units, detector.model.categories)
-        detector.model.check_boxes(parsed.labels)
-        loss = ObjectLocationLoss(detector.model, parsed, proposal_seed)
-        return guidance_output(f"object location guidance ({len(parsed.labels)} boxes)", loss, [detector], **settings)
+        box_sets = parse_box_sets(boxes, units, detector.model.categories)
+        for parsed in box_sets:
+            detector.model.check_boxes(parsed.labels)
+        loss = ObjectLocationLoss(detector.model, box_sets, proposal_seed)
+        count = (f"{len(box_sets[0].labels)} boxes" if len(box_sets) == 1 else f"{len(box_sets)} box sets, one per image")
+        return guidance_output(f"object location guidance ({count})", loss, [detector], **settings)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -277,6 +277,29 @@ def test_bad_box_lists_are_rejected(text, units, message):
         object_location.parse_boxes(text, units)
 
 
+def test_box_sets_give_each_image_of_a_batch_its_own_boxes():
+    sets = object_location.parse_box_sets("dog 38 166 218 346\n---\n# the second image\ncat 0.1 0.1 0.5 0.5\nperson 0.5 0 1 1")
+    assert [s.labels for s in sets] == [(18,), (17, 1)] and [s.fractions for s in sets] == [False, True]
+    assert object_location.parse_box_sets("dog 1 2 3 4") == (object_location.parse_boxes("dog 1 2 3 4"),)
+    with pytest.raises(ValueError, match="Box line 3"):  # numbered in the whole text
+        object_location.parse_box_sets("dog 1 2 3 4\n---\ncat 1 2 3")
+    with pytest.raises(ValueError, match="Box set 2: The box list is empty"):
+        object_location.parse_box_sets("dog 1 2 3 4\n---\n")
+
+
+def test_a_loss_with_a_box_set_per_image_scores_each_image_as_it_would_alone():
+    detector = object_location.small_random_detector(0)
+    sets = object_location.parse_box_sets("dog 0.1 0.1 0.6 0.8\n---\ncat 0.5 0.2 0.9 0.7\nperson 0 0 0.4 0.5")
+    image = torch.rand(2, 3, 48, 64)
+    batched = object_location.ObjectLocationLoss(detector, sets, seed=3).bind("cpu")(image)
+    alone = object_location.ObjectLocationLoss(detector, sets[0], seed=3).bind("cpu")(image[:1])
+    torch.testing.assert_close(batched[:1], alone)  # the first image draws the first proposals, as alone
+    other = object_location.ObjectLocationLoss(detector, sets[1], seed=3).bind("cpu")(image)
+    assert not torch.allclose(batched[1], other[1])  # the second image was scored against its own boxes
+    with pytest.raises(ValueError, match="2 box sets for a batch of 3"):
+        object_location.ObjectLocationLoss(detector, sets).check(3, 48, 64)
+
+
 def test_pixel_boxes_outside_the_image_are_rejected():
     loss = object_location.ObjectLocationLoss(object_location.small_random_detector(0), object_location.parse_boxes("dog 10 10 500 300"))
     loss.check(1, 512, 512)
@@ -354,6 +377,16 @@ def test_classifier_loss_shapes_gradient_and_minimum(batch, height, width):
     sure = classifier.ImageClassifier(InputRecorder(lambda x: 40 * torch.nn.functional.one_hot(torch.full((x.shape[0],), 7), 1000).float()))
     assert (classifier.ClassifierLoss(sure, 7).bind("cpu")(torch.rand(batch, 3, height, width)) < 1e-6).all()
     assert (classifier.ClassifierLoss(sure, 8).bind("cpu")(torch.rand(batch, 3, height, width)) > 10).all()
+
+
+def test_a_classifier_loss_with_a_class_per_image_scores_each_image_as_it_would_alone():
+    network = classifier.small_random_classifier(0)
+    image = torch.rand(3, 3, 40, 56)
+    batched = classifier.ClassifierLoss(network, [7, 8, 9]).bind("cpu")(image)
+    for i, index in enumerate((7, 8, 9)):
+        torch.testing.assert_close(batched[i:i + 1], classifier.ClassifierLoss(network, index).bind("cpu")(image[i:i + 1]))
+    with pytest.raises(ValueError, match="3 target classes for a batch of 2"):
+        classifier.ClassifierLoss(network, [7, 8, 9]).check(2, 40, 56)
 
 
 # --- CLIP image: style (paper) / content (SDG), and Gram style (SDG) ----------------------------------------------

@@ -108,6 +108,8 @@ def test_a_segmentation_mask_with_a_class_guides_too(comfy):
 @pytest.mark.parametrize("class_type, inputs, message", [
     ("UGDObjectLocationGuidance", {"boxes": "unicorn 1 2 30 40", "units": "auto", "proposal_seed": 0}, "Unknown object class 'unicorn'"),
     ("UGDObjectLocationGuidance", {"boxes": "", "units": "auto", "proposal_seed": 0}, "The box list is empty"),
+    ("UGDObjectLocationGuidance", {"boxes": "dog 1 2 30 40\n---\ncat 1 2 30 40", "units": "auto", "proposal_seed": 0},
+     "There are 2 box sets for a batch of 1"),
     ("UGDClassifierGuidance", {"target_class": "unicorn"}, "Unknown class 'unicorn'"),
     ("UGDSegmentationGuidance", {"class_name": "dog", "outside_mask": "background"}, "connect either target_map"),
 ])

@@ -16,7 +16,7 @@ def toy(comfy):
     return frontier.Toy(comfy)
 
 
-@pytest.mark.parametrize("task", ["location", "segmentation", "inpainting"])  # losses joined, and batches of targets
+@pytest.mark.parametrize("task", ["classification", "location", "segmentation", "inpainting"])
 def test_a_batch_of_targets_guides_each_sample_as_a_run_of_its_own(toy, task):
     """Without recurrence, whose re-noising is drawn for the whole batch, the run is deterministic given its noise."""
     task_targets = targets.targets(task, "tuning")[:2]

@@ -145,14 +145,16 @@ class BoxPredictor(torch.nn.Module):
         if repeated:
             raise ValueError(f"The toy box predictor finds one box per shape, but {', '.join(sorted(repeated))} has several: give each shape at most one box.")
 
-    def location_loss(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """ℓ for one image (3, H, W), target boxes (N, 4) in its pixels and labels (N,): every unnamed shape should be absent."""
-        h, w = image.shape[-2:]
-        present = torch.zeros(1, len(data.SHAPES), device=image.device)
-        targets = torch.zeros(1, len(data.SHAPES), 4, device=image.device)
-        present[0, labels - 1] = 1
-        targets[0, labels - 1] = boxes / boxes.new_tensor([w, h, w, h])
-        return box_loss(*self(image[None]), present, targets)[0]
+    def location_loss(self, images: torch.Tensor, boxes, labels) -> torch.Tensor:
+        """ℓ per image of (B, 3, H, W), image i with target boxes[i] (N, 4) in its pixels and labels[i] (N,): every
+        unnamed shape should be absent. One forward for the batch."""
+        h, w = images.shape[-2:]
+        present = torch.zeros(len(images), len(data.SHAPES), device=images.device)
+        targets = torch.zeros(len(images), len(data.SHAPES), 4, device=images.device)
+        for i, (image_boxes, image_labels) in enumerate(zip(boxes, labels)):
+            present[i, image_labels - 1] = 1
+            targets[i, image_labels - 1] = image_boxes / image_boxes.new_tensor([w, h, w, h])
+        return box_loss(*self(images), present, targets)
 
 
 def box_loss(presence: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
