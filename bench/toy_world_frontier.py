@@ -1,7 +1,7 @@
 """Quality against cost on the toy world's held-out targets: every setting's score, realism and counted cost.
 
     bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--tasks …] [--models …]
-                                  [--rows all|main|sweep] [--resume] [--replot results_report.json …]
+                                  [--rows all|main|sweep] [--jobs 2] [--resume] [--replot results_report.json …]
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
 ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
@@ -17,6 +17,11 @@ the realism figures (the toy UNet's denoising error on the samples, lower is clo
 the 512 real scenes, mean ± std over subsets), and the cost: the passes the sampler counted, priced as Stable
 Diffusion 1.5 at 512 px in unguided 20-step runs (bench/sd_equivalent.py), and the toy's wall time per sample.
 
+--jobs N shares the rows among N worker processes of this script, each with its share of the cores (costliest
+rows first, each to the least loaded worker, by its expected cost): on a 2-core machine two one-thread workers
+get through the rows faster than one two-thread process, whose small convolutions leave cores idle. The rows
+do not depend on which worker runs them; only the wall time per sample does.
+
 The tuning half is for choosing settings; tables for the README come from the report half (toy_world/splits.py).
 The guidance weights are those of bench/toy-world-quality: hand-picked on seeds 42-49, not on either half.
 """
@@ -24,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import math
 import os
+import shutil
+import subprocess
 import sys
 import time
 from typing import Sequence
@@ -409,6 +417,72 @@ def write(results: list[dict], output: str, half: str, minutes: float | None = N
     plot(results, os.path.join(output, f"frontier_{half}.png"))
 
 
+def row_cost(task: str, setting: Setting) -> float:
+    return expected_cost(task, setting) if setting.guided else sd_equivalent.unguided_multiple(setting.steps)
+
+
+def share_rows(rows: Sequence[tuple[str, str, Setting]], jobs: int) -> list[list[int]]:
+    """Row indices for each of `jobs` workers: costliest first, each to the worker with the least expected cost."""
+    shares, loads = [[] for _ in range(jobs)], [0.0] * jobs
+    for i in sorted(range(len(rows)), key=lambda i: -row_cost(rows[i][1], rows[i][2])):
+        worker = loads.index(min(loads))
+        shares[worker].append(i)
+        loads[worker] += row_cost(rows[i][1], rows[i][2])
+    return [sorted(share) for share in shares if share]
+
+
+def worker_outputs(output: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(output, "worker[0-9]*")))
+
+
+def saved_rows(paths: Sequence[str]) -> list[dict]:
+    """The rows in those of these results files that exist, one per (model, task, setting); a later file's wins."""
+    rows = {}
+    for path in filter(os.path.exists, paths):
+        rows.update({(r["model"], r["task"], r["setting"]): r for r in json.load(open(path))})
+    return list(rows.values())
+
+
+def run_workers(args, rows: Sequence, todo: list[int], results: list[dict]) -> list[dict]:
+    """--jobs: the rows to do, shared among worker processes of this script, each with its share of the cores;
+    their rows are printed as they come and joined with the earlier ones."""
+    for stale in worker_outputs(args.output):  # their rows are in `results` if they are wanted
+        shutil.rmtree(stale)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    common = ["--half", args.half, "--targets", str(args.targets), "--seeds", str(args.seeds), "--rows", args.rows,
+              "--tasks", *args.tasks, "--models", *args.models] + (["--quick"] if args.quick else [])
+    workers = []
+    for n, share in enumerate(share_rows([rows[i] for i in todo], args.jobs)):
+        output = os.path.join(args.output, f"worker{n}")
+        os.makedirs(output, exist_ok=True)
+        command = [sys.executable, os.path.abspath(__file__), *common, "--output", output,
+                   "--worker-rows", ",".join(str(todo[i]) for i in share)]
+        with open(os.path.join(output, "log"), "w") as log:
+            workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            env=dict(os.environ, OMP_NUM_THREADS=str(threads))))
+        print(f"worker {n}: {len(share)} rows, {threads} thread(s), log in {output}/log", flush=True)
+    paths = [os.path.join(output, f"results_{args.half}.json") for output in worker_outputs(args.output)]
+    printed = set()
+    while True:
+        running = any(worker.poll() is None for worker in workers)
+        for row in saved_rows(paths):
+            if (row["model"], row["task"], row["setting"]) not in printed:
+                printed.add((row["model"], row["task"], row["setting"]))
+                print(markdown([row]).splitlines()[-1], flush=True)
+        if not running:
+            break
+        time.sleep(10)
+    failed = [n for n, worker in enumerate(workers) if worker.returncode != 0]
+    if failed:
+        print(f"workers {failed} failed: see their logs; a rerun with --resume keeps the rows they finished", flush=True)
+    order = {(m, t, s.name): i for i, (m, t, s) in enumerate(rows)}
+    joined = {(r["model"], r["task"], r["setting"]): r for r in results + saved_rows(paths)}
+    if not failed:
+        for output in worker_outputs(args.output):
+            shutil.rmtree(output)
+    return sorted(joined.values(), key=lambda r: order.get((r["model"], r["task"], r["setting"]), -1))
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--half", default="report", choices=splits.HALVES)
@@ -421,6 +495,9 @@ def main(argv=None) -> list[dict]:
                         help="main: unguided, paper mode and the presets everywhere; sweep: the levers and combinations")
     parser.add_argument("--output", default=os.path.join(PACK_DIR, "bench-output", "frontier"))
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --output's results and run the rest")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes that share the rows and the cores (default 1); 2 on a 2-core machine")
+    parser.add_argument("--worker-rows", help="run only these rows (indices into the row list; what --jobs gives a worker)")
     parser.add_argument("--replot", nargs="+", metavar="JSON",
                         help="sample nothing: write the table and plot of these runs' rows (results_<half>.json) together")
     args = parser.parse_args(argv)
@@ -432,23 +509,31 @@ def main(argv=None) -> list[dict]:
         write(results, args.output, args.half)
         print(f"wrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png from {len(results)} rows")
         return results
-    toy = Toy(ComfyHost(os.environ["COMFYUI_PATH"]))
-    features = evaluation.RealismFeatures(toy.evaluators["classifier"])
-    real = evaluation.real_scenes()
-    started, results = time.time(), []
-    previous = os.path.join(args.output, f"results_{args.half}.json")
-    if args.resume and os.path.exists(previous):
-        results = json.load(open(previous))
+    rows = rows_to_run(args.quick, args.models, args.tasks, args.rows)
+    results = (saved_rows([os.path.join(path, f"results_{args.half}.json") for path in [args.output, *worker_outputs(args.output)]])
+               if args.resume else [])
     done = {(r["model"], r["task"], r["setting"]) for r in results}
-    print(f"{args.half} half, {args.targets} targets × {args.seeds} seeds per row", flush=True)
-    models = [model for model in args.models if model in toy.models]
-    for model, task, setting in rows_to_run(args.quick, models, args.tasks, args.rows):
-        if (model, task, setting.name) in done:
-            continue
-        results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
-        print(markdown(results[-1:]).splitlines()[-1], flush=True)
+    todo = [i for i, (model, task, setting) in enumerate(rows) if (model, task, setting.name) not in done]
+    if args.worker_rows:
+        todo = [int(i) for i in args.worker_rows.split(",")]
+    print(f"{args.half} half, {args.targets} targets × {args.seeds} seeds per row, {len(todo)} rows to run", flush=True)
+    started = time.time()
+    if args.jobs > 1:
+        results = run_workers(args, rows, todo, results)
+    else:
+        toy = Toy(ComfyHost(os.environ["COMFYUI_PATH"]))
+        features = evaluation.RealismFeatures(toy.evaluators["classifier"])
+        real = evaluation.real_scenes()
+        for model, task, setting in (rows[i] for i in todo):
+            if model not in toy.models:
+                continue
+            results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
+            print(markdown(results[-1:]).splitlines()[-1], flush=True)
+            write(results, args.output, args.half, (time.time() - started) / 60)
+    if results:
         write(results, args.output, args.half, (time.time() - started) / 60)
-    print(f"\nwrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png")
+    print(f"\n{len(todo)} rows in {(time.time() - started) / 60:.1f} min; wrote {args.output}/results_{args.half}.md, "
+          f".json and frontier_{args.half}.png")
     return results
 
 

@@ -113,3 +113,25 @@ def test_the_claims_read_the_papers_questions_off_the_rows():
     assert beats == "- Guided beats unguided in 3 of 4 rows; not in: eps location k = 1."
     assert backward.startswith("- eps, location: forward + backward (m = 3) 0.300") and backward.endswith("holds.")
     assert recurrence == "- eps, location, recurrence: k = 1: 0.050 at 15.0×, k = 2: 0.150 at 30.0×, k = 10: 0.300 at 160.0×."
+
+
+def test_jobs_share_the_rows_by_expected_cost():
+    rows = frontier.rows_to_run(False, ["eps"], ["segmentation"])
+    shares = frontier.share_rows(rows, 2)
+    assert sorted(i for share in shares for i in share) == list(range(len(rows)))
+    loads = [sum(frontier.row_cost(rows[i][1], rows[i][2]) for i in share) for share in shares]
+    costliest = max(frontier.row_cost(t, s) for _, t, s in rows)
+    assert abs(loads[0] - loads[1]) <= costliest  # greedy, costliest first: within one row of even
+
+
+def test_jobs_run_the_rows_left_in_workers_and_join_them_with_the_resumed_ones(comfy, tmp_path):
+    """--quick --jobs 2 --resume with paper mode and k = 2 already done: two workers run unguided and fast."""
+    done = [dict(model="eps", task="segmentation", setting=name, mean=0.5, interval=[0.4, 0.6], samples=4,
+                 denoising_error=0.1, kid=0.0, kid_spread=1.0, sd15_cost=cost, seconds=1.0, passes={})
+            for name, cost in (("paper", 60.7), ("k = 2", 12.2))]
+    (tmp_path / "results_report.json").write_text(frontier.json.dumps(done))
+    results = frontier.main(["--quick", "--jobs", "2", "--resume", "--output", str(tmp_path)])
+    assert [r["setting"] for r in results] == ["unguided", "paper", "fast preset", "k = 2"]  # the row list's order
+    assert results[1] == done[0] and results[0]["samples"] == 4 and results[2]["sd15_cost"] < 2
+    assert frontier.json.loads((tmp_path / "results_report.json").read_text()) == results
+    assert not frontier.worker_outputs(str(tmp_path))  # the workers' folders are gone once their rows are joined
