@@ -95,7 +95,7 @@ class ClassifierLoss:
         self.classifier, self.index = classifier, index
 
     def check(self, batch: int, height: int, width: int) -> None:
-        # any image size is resized to the classifier's input
+        # any image size is resized to the classifier's input; only a class per image must match the batch
         if not isinstance(self.index, int) and len(self.index) != batch:
             raise ValueError(f"There are {len(self.index)} target classes for a batch of {batch}: give one class, or one per image.")
 
