@@ -293,6 +293,11 @@ def expected_cost(task: str, setting: Setting) -> float:
         decode_resolution=setting.decode_resolution)
 
 
+def row_key(row: dict) -> tuple[str, str, str]:
+    """A result row's identity: (model, task, setting name)."""
+    return row["model"], row["task"], row["setting"]
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| model | task | setting | score (95% interval) | n | denoising error | KID | SD 1.5 cost | s / sample |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -307,7 +312,7 @@ def markdown(results: list[dict]) -> str:
 def claims(results: list[dict]) -> list[str]:
     """The paper's claims, read off the rows: guided beats unguided, forward + backward beats forward on
     location, and recurrence buys score for cost."""
-    rows = {(r["model"], r["task"], r["setting"]): r for r in results}
+    rows = {row_key(r): r for r in results}
     guided = [r for r in results if r["setting"] != UNGUIDED.name and (r["model"], r["task"], UNGUIDED.name) in rows]
     worse = [r for r in guided if r["mean"] <= rows[(r["model"], r["task"], UNGUIDED.name)]["mean"]]
     missed = ", ".join(f"{r['model']} {r['task']} {r['setting']}" for r in worse)
@@ -332,7 +337,7 @@ def preset_checks(results: list[dict]) -> list[str]:
     """Per task and model, each preset against its targets: fast keeps 90% of paper mode's gain over unguided at
     1.5× an unguided run's cost or less; balanced scores paper mode's or more at ⅕ of its cost or less; neither
     has a KID worse than paper mode's by more than paper mode's spread."""
-    rows = {(r["model"], r["task"], r["setting"]): r for r in results}
+    rows = {row_key(r): r for r in results}
     lines = []
     for model, task in dict.fromkeys((r["model"], r["task"]) for r in results):
         unguided, paper = rows.get((model, task, UNGUIDED.name)), rows.get((model, task, PAPER.name))
@@ -424,11 +429,12 @@ def row_cost(task: str, setting: Setting) -> float:
 
 def share_rows(rows: Sequence[tuple[str, str, Setting]], jobs: int) -> list[list[int]]:
     """Row indices for each of `jobs` workers: costliest first, each to the worker with the least expected cost."""
+    costs = [row_cost(task, setting) for _, task, setting in rows]  # each a stand-in engine run
     shares, loads = [[] for _ in range(jobs)], [0.0] * jobs
-    for i in sorted(range(len(rows)), key=lambda i: -row_cost(rows[i][1], rows[i][2])):
+    for i in sorted(range(len(rows)), key=lambda i: -costs[i]):
         worker = loads.index(min(loads))
         shares[worker].append(i)
-        loads[worker] += row_cost(rows[i][1], rows[i][2])
+        loads[worker] += costs[i]
     return [sorted(share) for share in shares if share]
 
 
@@ -440,7 +446,7 @@ def saved_rows(paths: Sequence[str]) -> list[dict]:
     """The rows in those of these results files that exist, one per (model, task, setting); a later file's wins."""
     rows = {}
     for path in filter(os.path.exists, paths):
-        rows.update({(r["model"], r["task"], r["setting"]): r for r in json.load(open(path))})
+        rows.update({row_key(r): r for r in json.load(open(path))})
     return list(rows.values())
 
 
@@ -467,8 +473,8 @@ def run_workers(args, rows: Sequence, todo: list[int], results: list[dict]) -> l
     while True:
         running = any(worker.poll() is None for worker in workers)
         for row in saved_rows(paths):
-            if (row["model"], row["task"], row["setting"]) not in printed:
-                printed.add((row["model"], row["task"], row["setting"]))
+            if row_key(row) not in printed:
+                printed.add(row_key(row))
                 print(markdown([row]).splitlines()[-1], flush=True)
         if not running:
             break
@@ -477,11 +483,11 @@ def run_workers(args, rows: Sequence, todo: list[int], results: list[dict]) -> l
     if failed:
         print(f"workers {failed} failed: see their logs; a rerun with --resume keeps the rows they finished", flush=True)
     order = {(m, t, s.name): i for i, (m, t, s) in enumerate(rows)}
-    joined = {(r["model"], r["task"], r["setting"]): r for r in results + saved_rows(paths)}
+    joined = {row_key(r): r for r in results + saved_rows(paths)}
     if not failed:
         for output in worker_outputs(args.output):
             shutil.rmtree(output)
-    return sorted(joined.values(), key=lambda r: order.get((r["model"], r["task"], r["setting"]), -1))
+    return sorted(joined.values(), key=lambda r: order.get(row_key(r), -1))
 
 
 def main(argv=None) -> list[dict]:
@@ -513,7 +519,7 @@ def main(argv=None) -> list[dict]:
     rows = rows_to_run(args.quick, args.models, args.tasks, args.rows)
     results = (saved_rows([os.path.join(path, f"results_{args.half}.json") for path in [args.output, *worker_outputs(args.output)]])
                if args.resume else [])
-    done = {(r["model"], r["task"], r["setting"]) for r in results}
+    done = {row_key(r) for r in results}
     todo = [i for i, (model, task, setting) in enumerate(rows) if (model, task, setting.name) not in done]
     if args.worker_rows:
         todo = [int(i) for i in args.worker_rows.split(",")]
@@ -521,6 +527,8 @@ def main(argv=None) -> list[dict]:
     started = time.time()
     if args.jobs > 1:
         results = run_workers(args, rows, todo, results)
+        if results:
+            write(results, args.output, args.half, (time.time() - started) / 60)
     else:
         toy = Toy(ComfyHost(os.environ["COMFYUI_PATH"]))
         features = evaluation.RealismFeatures(toy.evaluators["classifier"])
@@ -531,8 +539,6 @@ def main(argv=None) -> list[dict]:
             results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
             print(markdown(results[-1:]).splitlines()[-1], flush=True)
             write(results, args.output, args.half, (time.time() - started) / 60)
-    if results:
-        write(results, args.output, args.half, (time.time() - started) / 60)
     print(f"\n{len(todo)} rows in {(time.time() - started) / 60:.1f} min; wrote {args.output}/results_{args.half}.md, "
           f".json and frontier_{args.half}.png")
     return results
