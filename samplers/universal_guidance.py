@@ -11,6 +11,7 @@ Per step, k times (self-recurrence, eq. 10):
 Cheaper variants (options, off by default): forward guidance with the gradient taken at x0 instead of
 through the denoiser ("x0_only", MPGD's shortcut: ∇ₓℓ ≈ ∇_{x0}ℓ / a, as if the predicted noise did not
 depend on x), guidance on every N-th step only or in the first steps only, and the guided passes under autocast.
+With those windows, backward guidance can go on alone on the steps they leave plain (`backward_end`).
 """
 from __future__ import annotations
 
@@ -122,9 +123,11 @@ class GuidedDenoiser:
         self.gradient, self.precision = gradient, precision or GuidancePrecision()
         self.autograd, self.warn = _Autograd(clone_saved), _WarnOnce()
 
-    def __call__(self, x, sigma, active: Sequence[tuple[GuidanceTerm, BoundLoss]], a: float, b: float):
-        """x0 after forward guidance, then backward guidance, by the active (term, bound loss) pairs."""
-        scales = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active]
+    def __call__(self, x, sigma, active: Sequence[tuple[GuidanceTerm, BoundLoss]], a: float, b: float,
+                 forward: bool = True):
+        """x0 after forward guidance (unless `forward` is false), then backward guidance, by the active (term,
+        bound loss) pairs."""
+        scales = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active] if forward else []
         weighted = [(t, fn, c) for t, fn, c in scales if c > 0]
         if not weighted:
             x0 = self.model(x, sigma, **self.extra_args)
@@ -274,6 +277,7 @@ def sample_universal_guidance(
     update_mask: torch.Tensor | None = None,
     guidance_every: int = 1,
     guidance_end: float = 1.0,
+    backward_end: float = 0.0,
     gradient: str = "through_unet",
     autocast: str = "off",
     counts: PassCounts | None = None,
@@ -296,6 +300,8 @@ def sample_universal_guidance(
             mask, which the denoiser already applies to its own output and to forward guidance).
         guidance_every: guide only steps 0, N, 2N, …; the others are plain steps, taken once.
         guidance_end: guide only the first fraction of the steps, within each term's own window.
+        backward_end: in the first fraction of the steps, the steps that guidance_every and guidance_end leave
+            plain still take backward guidance, in one pass without forward guidance (0 = none do).
         gradient: "through_unet" (eq. 6) or "x0_only" (forward guidance without the denoiser's backward).
         autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
         counts: if given, counts the denoiser's and the guidance losses' passes as they run (the caller, who
@@ -307,6 +313,8 @@ def sample_universal_guidance(
         raise ValueError(f"guidance_every must be at least 1, got {guidance_every}.")
     if not 0.0 < guidance_end <= 1.0:
         raise ValueError(f"guidance_end must be in (0, 1], got {guidance_end}.")
+    if not 0.0 <= backward_end <= 1.0:
+        raise ValueError(f"backward_end must be in [0, 1], got {backward_end}.")
     if base not in BASE_STEPS:
         raise ValueError(f"Unknown base step {base!r}: use one of {BASE_STEPS}.")
     eta = (1.0 if base == "ddpm" else 0.0) if eta is None else eta
@@ -335,10 +343,12 @@ def sample_universal_guidance(
         guided_step = i % guidance_every == 0 and i / steps < guidance_end
         active = [(term, fn) for term, fn in bound if guided_step and term.active_at(i, steps)]
         passes = recurrence if active else 1
+        if not guided_step and i / steps < backward_end:  # backward only: one pass
+            active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
         for r in range(passes):
             check_interrupt()
             if active:
-                x0 = guided(x, sigma * s_in, active, a, b)
+                x0 = guided(x, sigma * s_in, active, a, b, forward=guided_step)
             else:
                 x0 = model(x, sigma * s_in, **extra_args)
             x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None)

@@ -15,7 +15,7 @@ from test_engine import TargetLoss, decode
 BATCH, STEPS = 2, 6
 
 
-def counted_run(gradient="through_unet", backward_steps=1, recurrence=2, guidance_every=2, weight=0.05):
+def counted_run(gradient="through_unet", backward_steps=1, recurrence=2, guidance_every=2, weight=0.05, **levers):
     counts = PassCounts()
     guidance = (GuidanceTerm(name="test guidance", loss=TargetLoss(torch.full((1, 3, 4, 4), 0.9)), weight=weight,
                              backward_steps=backward_steps, backward_lr=0.05),)
@@ -23,7 +23,7 @@ def counted_run(gradient="through_unet", backward_steps=1, recurrence=2, guidanc
     sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), x, sigmas_eps(STEPS), guidance=guidance,
                               decode=counts.counted("decoder", decode, full_area=16), noise_scaling=eps_noise_scaling,
                               disable=True, recurrence=recurrence, guidance_every=guidance_every, gradient=gradient,
-                              counts=counts)
+                              counts=counts, **levers)
     return counts
 
 
@@ -44,6 +44,18 @@ def test_backward_guidance_alone_runs_no_denoiser_backward():
     counts = counted_run(backward_steps=2, weight=0.0, guidance_every=1, recurrence=1)
     assert counts.forward["denoiser"] == BATCH * STEPS and counts.backward["denoiser"] == 0
     assert counts.forward["guidance_network"] == counts.backward["guidance_network"] == BATCH * STEPS * 2
+
+
+@pytest.mark.parametrize("backward_steps", [0, 3])
+def test_backward_end_gives_the_plain_steps_before_it_backward_guidance_alone_in_one_pass(backward_steps):
+    counts = counted_run(backward_steps=backward_steps, guidance_every=1, guidance_end=0.5, backward_end=5 / 6)
+    guided_passes, backward_only = 3 * 2, 2 if backward_steps else 0  # steps 0-2 with k = 2; then steps 3 and 4
+    assert counts.forward["denoiser"] == BATCH * (guided_passes + 3)
+    assert counts.backward["denoiser"] == BATCH * guided_passes  # no forward guidance in the late steps
+    losses = BATCH * (guided_passes * (1 + backward_steps) + backward_only * backward_steps)
+    assert counts.forward["guidance_network"] == counts.forward["decoder"] == losses
+    with pytest.raises(ValueError, match="backward_end"):
+        counted_run(backward_end=1.5)
 
 
 def test_a_smaller_input_counts_its_share_of_the_full_area():

@@ -93,8 +93,9 @@ def test_a_preset_sets_its_levers_in_place_of_the_inputs_and_custom_keeps_them(c
     steps, recurrence, speed = sampler_nodes.preset_levers("fast", 20, 2, inputs)
     fast = presets["fast"]
     assert (steps, recurrence) == (fast.steps, fast.recurrence)
-    assert (speed["guidance_every"], speed["gradient"], speed["guidance_end"], speed["weight_scale"]) == \
-        (fast.guidance_every, fast.gradient, fast.guidance_end, fast.weight_scale)
+    assert {k: speed[k] for k in fast.levers()} == fast.levers()
+    assert set(fast.levers()) == {"guidance_every", "gradient", "guidance_end", "weight_scale", "decode_resolution",
+                                  "backward_end"}
     assert speed["checkpointing"] is True  # memory and precision stay the user's
     assert sampler_nodes.preset_levers("balanced", 20, 2, {})[0] == 20  # balanced keeps the sampler's steps
     tooltip = node(comfy, "UniversalGuidedKSampler").INPUT_TYPES()["optional"]["preset"][1]["tooltip"]
@@ -116,8 +117,7 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
     with torch.inference_mode():
         (spelled_out,) = node(comfy, "UniversalGuidedKSampler").sample(
             seed=SEED, steps=fast.steps, cfg=1.0, sampler="ddim", scheduler="normal", denoise=1.0,
-            recurrence=fast.recurrence, gradient=fast.gradient, guidance_end=fast.guidance_end,
-            weight_scale=fast.weight_scale, guidance_every=fast.guidance_every, **toy)
+            recurrence=fast.recurrence, **fast.levers(), **toy)
     torch.testing.assert_close(preset_run, spelled_out["samples"])
     weak = guided(comfy, toy, weight_scale=0.0)
     strong = guided(comfy, toy)
@@ -127,6 +127,7 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
 @pytest.mark.parametrize("speed, message", [
     (dict(guidance_every=0), "guidance_every must be at least 1"),
     (dict(guidance_end=0.0), "guidance_end must be in"),
+    (dict(backward_end=1.5), "backward_end must be in"),
     (dict(weight_scale=float("nan")), "weight_scale must be a finite number"),
     (dict(gradient="backwards"), "gradient must be one of"),
     (dict(decode_resolution="tiny"), "decode_resolution must be one of"),

@@ -66,13 +66,14 @@ def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
 
 def test_the_paper_preset_is_the_benchmarks_paper_mode_and_preset_rows_spell_out_their_levers():
     levers = ("steps", "recurrence", "gradient", "decode_resolution", "cheap_decoder", "guidance_every",
-              "guidance_end", "weight_scale")
+              "guidance_end", "backward_end", "weight_scale")
     paper = frontier.preset_setting("paper")
     assert [getattr(paper, f) for f in levers] == [getattr(frontier.PAPER, f) for f in levers]
     fast = frontier.preset_setting("fast")
     preset = frontier.PRESETS["fast"]
-    assert (fast.preset, fast.steps, fast.recurrence, fast.guidance_end, fast.weight_scale, fast.cheap_decoder) == \
-        ("fast", preset.steps, preset.recurrence, preset.guidance_end, preset.weight_scale, preset.cheap_decoder)
+    assert (fast.preset, fast.steps, fast.recurrence, fast.cheap_decoder) == \
+        ("fast", preset.steps, preset.recurrence, preset.cheap_decoder)
+    assert {k: getattr(fast, k) for k in preset.levers()} == preset.levers()
 
 
 def test_the_pareto_front_keeps_only_points_that_nothing_beats_on_both_cost_and_score():
