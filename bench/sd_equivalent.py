@@ -80,7 +80,7 @@ class _StandInLoss:
 
 def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], gradient: str = "through_unet",
                    guidance_every: int = 1, guidance_end: float = 1.0, backward_end: float = 0.0,
-                   decode_resolution: str = "full",
+                   backward_recurrence: int = 0, decode_resolution: str = "full",
                    weight_scale: float = 1.0) -> PassCounts:
     """One sample's passes in a guided run of these settings (the sampler's levers by their input names), counted
     on a stand-in of the denoiser, decoder and loss; `terms` are GuidanceTerm settings (weight, backward_steps,
@@ -96,7 +96,7 @@ def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], gradient:
     sample_universal_guidance(denoiser, torch.randn(1, 1, size, size), sigmas, guidance=guidance, decode=decode,
                               noise_scaling=lambda sigma, noise, latent, **kw: sigma * noise + latent,
                               recurrence=recurrence, guidance_every=guidance_every, guidance_end=guidance_end,
-                              backward_end=backward_end,
+                              backward_end=backward_end, backward_recurrence=backward_recurrence,
                               gradient=gradient, counts=counts, disable=True)
     return counts
 

@@ -80,6 +80,7 @@ class Setting:
     guidance_every: int = 1
     guidance_end: float = 1.0
     backward_end: float = 0.0
+    backward_recurrence: int = 0
     weight_scale: float = 1.0
     backward_steps: int | None = None
     guided: bool = True
@@ -96,7 +97,7 @@ def preset_setting(name: str) -> Setting:
     return Setting(f"{name} preset", steps=preset.steps or Setting.steps, recurrence=preset.recurrence,
                    gradient=preset.gradient, decode_resolution=preset.decode_resolution, cheap_decoder=preset.cheap_decoder,
                    guidance_every=preset.guidance_every, guidance_end=preset.guidance_end,
-                   backward_end=preset.backward_end,
+                   backward_end=preset.backward_end, backward_recurrence=preset.backward_recurrence,
                    weight_scale=preset.weight_scale, preset=name)
 
 
@@ -179,7 +180,7 @@ class Toy:
             samples = self.call("UniversalGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler="ddim",
                                 recurrence=setting.recurrence, guidance_vae=cheap_vae if setting.cheap_decoder else vae,
                                 guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
-                                backward_end=setting.backward_end,
+                                backward_end=setting.backward_end, backward_recurrence=setting.backward_recurrence,
                                 gradient=setting.gradient, weight_scale=setting.weight_scale,
                                 decode_resolution=setting.decode_resolution, preset=setting.preset, **common)[0]
         with torch.inference_mode():
@@ -293,7 +294,7 @@ def expected_cost(task: str, setting: Setting) -> float:
         setting.steps, setting.recurrence, [term], "taesd" if setting.cheap_decoder else "vae",
         "segmentation" if task == "segmentation" else "clip", gradient=setting.gradient,
         guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
-        backward_end=setting.backward_end,
+        backward_end=setting.backward_end, backward_recurrence=setting.backward_recurrence,
         decode_resolution=setting.decode_resolution)
 
 

@@ -34,6 +34,7 @@ class SpeedOptions:
 
     guidance_every: guide every N-th step only. guidance_end: guide the first fraction of the steps only.
     backward_end: the steps that those two leave plain, in the first fraction of the steps, take backward guidance.
+    backward_recurrence: k on the guided steps with backward guidance (0 = the sampler's recurrence).
     gradient: "through_unet" or "x0_only". weight_scale: multiplies every guidance's forward weight w.
     decode_resolution: "full", "half" or "quarter", the guidance decoder's resolution.
     checkpointing: recompute UNet and decoder activations in the backward pass.
@@ -43,6 +44,7 @@ class SpeedOptions:
     guidance_every: int = 1
     guidance_end: float = 1.0
     backward_end: float = 0.0
+    backward_recurrence: int = 0
     gradient: str = "through_unet"
     weight_scale: float = 1.0
     decode_resolution: str = "full"
@@ -56,6 +58,8 @@ class SpeedOptions:
             raise ValueError(f"guidance_end must be in (0, 1], got {self.guidance_end}.")
         if not 0.0 <= self.backward_end <= 1.0:
             raise ValueError(f"backward_end must be in [0, 1], got {self.backward_end}.")
+        if self.backward_recurrence < 0:
+            raise ValueError(f"backward_recurrence must be at least 0 (0 = recurrence), got {self.backward_recurrence}.")
         if not 0.0 <= self.weight_scale < float("inf"):
             raise ValueError(f"weight_scale must be a finite number >= 0, got {self.weight_scale}.")
         for name, value, choices in (("gradient", self.gradient, GRADIENT_PATHS),
@@ -201,6 +205,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                 guidance_every=speed.guidance_every,
                 guidance_end=speed.guidance_end,
                 backward_end=speed.backward_end,
+                backward_recurrence=speed.backward_recurrence,
                 gradient=speed.gradient,
                 autocast=speed.autocast,
                 counts=counts,

@@ -60,6 +60,10 @@ SPEED_INPUTS = {
                                           "or recurrence, on the steps that guidance_end and guidance_every leave "
                                           "plain, up to this fraction of the steps (0 = it stops with them). "
                                           "Matching known pixels or boxes needs the late steps."}),
+    "backward_recurrence": ("INT", {"default": 0, "min": 0, "max": 100,
+                                    "tooltip": "k on the guided steps where a guidance takes backward steps, in "
+                                               "place of recurrence (0 = recurrence): each of their passes costs m "
+                                               "more decoder passes."}),
 }
 
 

@@ -11,7 +11,8 @@ Per step, k times (self-recurrence, eq. 10):
 Cheaper variants (options, off by default): forward guidance with the gradient taken at x0 instead of
 through the denoiser ("x0_only", MPGD's shortcut: ∇ₓℓ ≈ ∇_{x0}ℓ / a, as if the predicted noise did not
 depend on x), guidance on every N-th step only or in the first steps only, and the guided passes under autocast.
-With those windows, backward guidance can go on alone on the steps they leave plain (`backward_end`).
+With those windows, backward guidance can go on alone on the steps they leave plain (`backward_end`), and
+steps with backward guidance can take a recurrence of their own (`backward_recurrence`).
 """
 from __future__ import annotations
 
@@ -278,6 +279,7 @@ def sample_universal_guidance(
     guidance_every: int = 1,
     guidance_end: float = 1.0,
     backward_end: float = 0.0,
+    backward_recurrence: int = 0,
     gradient: str = "through_unet",
     autocast: str = "off",
     counts: PassCounts | None = None,
@@ -302,6 +304,8 @@ def sample_universal_guidance(
         guidance_end: guide only the first fraction of the steps, within each term's own window.
         backward_end: in the first fraction of the steps, the steps that guidance_every and guidance_end leave
             plain still take backward guidance, in one pass without forward guidance (0 = none do).
+        backward_recurrence: k instead of `recurrence` on the guided steps where a term with backward steps is
+            active (0 = recurrence): each of their passes costs m more decoder passes.
         gradient: "through_unet" (eq. 6) or "x0_only" (forward guidance without the denoiser's backward).
         autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
         counts: if given, counts the denoiser's and the guidance losses' passes as they run (the caller, who
@@ -315,6 +319,8 @@ def sample_universal_guidance(
         raise ValueError(f"guidance_end must be in (0, 1], got {guidance_end}.")
     if not 0.0 <= backward_end <= 1.0:
         raise ValueError(f"backward_end must be in [0, 1], got {backward_end}.")
+    if backward_recurrence < 0:
+        raise ValueError(f"backward_recurrence must be at least 0 (0 = recurrence), got {backward_recurrence}.")
     if base not in BASE_STEPS:
         raise ValueError(f"Unknown base step {base!r}: use one of {BASE_STEPS}.")
     eta = (1.0 if base == "ddpm" else 0.0) if eta is None else eta
@@ -342,7 +348,12 @@ def sample_universal_guidance(
         a_next, b_next = noise_coefficients(noise_scaling, sigma_next)
         guided_step = i % guidance_every == 0 and i / steps < guidance_end
         active = [(term, fn) for term, fn in bound if guided_step and term.active_at(i, steps)]
-        passes = recurrence if active else 1
+        if not active:
+            passes = 1
+        elif backward_recurrence and any(term.backward_steps > 0 for term, _ in active):
+            passes = backward_recurrence
+        else:
+            passes = recurrence
         if not guided_step and i / steps < backward_end:  # backward only: one pass
             active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
         for r in range(passes):

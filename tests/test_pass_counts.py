@@ -58,6 +58,16 @@ def test_backward_end_gives_the_plain_steps_before_it_backward_guidance_alone_in
         counted_run(backward_end=1.5)
 
 
+@pytest.mark.parametrize("backward_steps", [0, 3])
+def test_backward_recurrence_sets_k_on_the_steps_with_backward_guidance_only(backward_steps):
+    counts = counted_run(backward_steps=backward_steps, recurrence=4, backward_recurrence=2)
+    k = 2 if backward_steps else 4
+    assert counts.forward["denoiser"] == BATCH * (3 * k + 3)  # steps 0, 2 and 4 guided, 1, 3 and 5 plain
+    assert counts.forward["decoder"] == BATCH * 3 * k * (1 + backward_steps)
+    with pytest.raises(ValueError, match="backward_recurrence"):
+        counted_run(backward_recurrence=-1)
+
+
 def test_a_smaller_input_counts_its_share_of_the_full_area():
     counts = PassCounts()
     half = counts.counted("decoder", decode, full_area=16)

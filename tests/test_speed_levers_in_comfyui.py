@@ -95,7 +95,7 @@ def test_a_preset_sets_its_levers_in_place_of_the_inputs_and_custom_keeps_them(c
     assert (steps, recurrence) == (fast.steps, fast.recurrence)
     assert {k: speed[k] for k in fast.levers()} == fast.levers()
     assert set(fast.levers()) == {"guidance_every", "gradient", "guidance_end", "weight_scale", "decode_resolution",
-                                  "backward_end"}
+                                  "backward_end", "backward_recurrence"}
     assert speed["checkpointing"] is True  # memory and precision stay the user's
     assert sampler_nodes.preset_levers("balanced", 20, 2, {})[0] == 20  # balanced keeps the sampler's steps
     tooltip = node(comfy, "UniversalGuidedKSampler").INPUT_TYPES()["optional"]["preset"][1]["tooltip"]
@@ -111,8 +111,11 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
     with pass_counts.recording() as counts:
         preset_run = guided(comfy, toy, preset="fast")
     guided_steps = sum(1 for i in range(fast.steps) if i / fast.steps < fast.guidance_end)
-    samples = 2
-    assert counts.forward["denoiser"] == samples * (guided_steps * fast.recurrence + fast.steps - guided_steps)
+    late_steps = sum(1 for i in range(guided_steps, fast.steps) if i / fast.steps < fast.backward_end)
+    samples, k = 2, fast.backward_recurrence  # the guidance takes a backward step
+    assert counts.forward["denoiser"] == samples * (guided_steps * k + fast.steps - guided_steps)
+    # forward guidance and one backward step on each guided pass; the backward step alone on the late steps
+    assert counts.forward["decoder"] == samples * (guided_steps * k * 2 + late_steps)
     assert counts.backward["unet"] == 0  # x0_only
     with torch.inference_mode():
         (spelled_out,) = node(comfy, "UniversalGuidedKSampler").sample(
@@ -128,6 +131,7 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
     (dict(guidance_every=0), "guidance_every must be at least 1"),
     (dict(guidance_end=0.0), "guidance_end must be in"),
     (dict(backward_end=1.5), "backward_end must be in"),
+    (dict(backward_recurrence=-1), "backward_recurrence must be at least 0"),
     (dict(weight_scale=float("nan")), "weight_scale must be a finite number"),
     (dict(gradient="backwards"), "gradient must be one of"),
     (dict(decode_resolution="tiny"), "decode_resolution must be one of"),

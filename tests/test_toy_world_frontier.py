@@ -66,7 +66,7 @@ def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
 
 def test_the_paper_preset_is_the_benchmarks_paper_mode_and_preset_rows_spell_out_their_levers():
     levers = ("steps", "recurrence", "gradient", "decode_resolution", "cheap_decoder", "guidance_every",
-              "guidance_end", "backward_end", "weight_scale")
+              "guidance_end", "backward_end", "backward_recurrence", "weight_scale")
     paper = frontier.preset_setting("paper")
     assert [getattr(paper, f) for f in levers] == [getattr(frontier.PAPER, f) for f in levers]
     fast = frontier.preset_setting("fast")
