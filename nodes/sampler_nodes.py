@@ -54,7 +54,7 @@ SPEED_INPUTS = {
          *(f"{name}: {preset.describe()}." for name, preset in PRESETS.items()),
          "A preset other than custom sets these levers and ignores the inputs for them; checkpointing and "
          "autocast stay as set. Measured scores and costs: the pack's README, Quality against cost."])}),
-    # After preset: saved graphs keep their widget values' positions, and those without it get the default.
+    # After preset: saved graphs keep their widget values' positions, and those without these get the defaults.
     "backward_end": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                "tooltip": "Backward guidance goes on, one pass per step without forward guidance "
                                           "or recurrence, on the steps that guidance_end and guidance_every leave "

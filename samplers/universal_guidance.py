@@ -347,15 +347,18 @@ def sample_universal_guidance(
         a, b = noise_coefficients(noise_scaling, sigma)
         a_next, b_next = noise_coefficients(noise_scaling, sigma_next)
         guided_step = i % guidance_every == 0 and i / steps < guidance_end
-        active = [(term, fn) for term, fn in bound if guided_step and term.active_at(i, steps)]
-        if not active:
+        if guided_step:
+            active = [(term, fn) for term, fn in bound if term.active_at(i, steps)]
+        elif i / steps < backward_end:  # backward guidance alone, in one pass
+            active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
+        else:
+            active = []
+        if not (guided_step and active):
             passes = 1
         elif backward_recurrence and any(term.backward_steps > 0 for term, _ in active):
             passes = backward_recurrence
         else:
             passes = recurrence
-        if not guided_step and i / steps < backward_end:  # backward only: one pass
-            active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
         for r in range(passes):
             check_interrupt()
             if active:
