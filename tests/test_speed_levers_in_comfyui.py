@@ -112,7 +112,7 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
         preset_run = guided(comfy, toy, preset="fast")
     guided_steps = sum(1 for i in range(fast.steps) if i / fast.steps < fast.guidance_end)
     late_steps = sum(1 for i in range(guided_steps, fast.steps) if i / fast.steps < fast.backward_end)
-    samples, k = 2, fast.backward_recurrence  # the guidance takes a backward step
+    samples, k = 2, fast.backward_recurrence or fast.recurrence  # the guidance takes a backward step
     assert counts.forward["denoiser"] == samples * (guided_steps * k + fast.steps - guided_steps)
     # forward guidance and one backward step on each guided pass; the backward step alone on the late steps
     assert counts.forward["decoder"] == samples * (guided_steps * k * 2 + late_steps)
