@@ -54,8 +54,9 @@ def test_toy_model_and_vae_load_into_comfyuis_own_classes(comfy):
     assert latents.shape == encoded["samples"].shape == (8, 4, 16, 16)
     everywhere = torch.ones(1, 64, 64)
     assert evaluation.masked_psnr(decoded, images, everywhere).mean() > 20  # trained, not random
-    assert evaluation.masked_psnr(cheaply, decoded, everywhere).mean() > 25  # distilled from that decoder
-    assert evaluation.masked_psnr(cheaply, images, everywhere).mean() > 20
+    to_decoder, to_scenes = (evaluation.masked_psnr(cheaply, i, everywhere).mean() for i in (decoded, images))
+    assert to_decoder > to_scenes + 1  # distilled from that decoder, not trained on the scenes
+    assert to_scenes > 20
 
 
 def test_the_cheap_vae_guides_as_the_sampler_s_guidance_vae_and_leaves_both_vaes_usable(comfy):

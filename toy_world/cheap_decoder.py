@@ -1,10 +1,12 @@
 """The toy world's cheap decoder, in TAESD's role: toy VAE latents to images at a small fraction of the cost.
 
 ComfyUI's TAESD class upsamples 8× and the toy VAE downsamples 4×, so it does not fit; this is a small module of
-the pack's own, distilled from the toy VAE's decoder (`bash tools/train-toy-world decoder`). Most of its work is
-at the latents' 16×16, and two sub-pixel steps (PixelShuffle) reach 64×64. The Toy World Loader serves it
-behind ComfyUI's VAE object, with the toy VAE's own encoder, so VAEEncode, VAEDecode and the sampler's
-`guidance_vae` all take it.
+the pack's own, distilled from the toy VAE's decoder (`bash tools/train-toy-world decoder`). The Toy World
+Loader serves it behind ComfyUI's VAE object, with the toy VAE's own encoder, so VAEEncode, VAEDecode and the
+sampler's `guidance_vae` all take it.
+
+All of its work is at the latents' 16×16, and one sub-pixel step (PixelShuffle) reaches 64×64: at batch 1 a
+guided pass through it is mostly fixed cost per layer, so it has as few layers as the fit allows.
 """
 from __future__ import annotations
 
@@ -18,11 +20,10 @@ CHEAP_DECODER_FILE = "toy_cheap_decoder.safetensors"
 class CheapDecoder(torch.nn.Sequential):
     """(B, 4, 16, 16) unscaled latents to (B, 3, 64, 64) images in [-1, 1], unclamped, as AutoencoderKL.decode."""
 
-    def __init__(self, width: int = 64, fine_width: int = 16):
+    def __init__(self, width: int = 48):
         conv = lambda cin, cout: torch.nn.Conv2d(cin, cout, 3, padding=1)  # noqa: E731
         super().__init__(conv(LATENT_CHANNELS, width), torch.nn.SiLU(), conv(width, width), torch.nn.SiLU(),
-                         conv(width, 4 * fine_width), torch.nn.PixelShuffle(2), torch.nn.SiLU(),
-                         conv(fine_width, fine_width), torch.nn.SiLU(), conv(fine_width, 4 * 3), torch.nn.PixelShuffle(2))
+                         conv(width, 3 * 4 * 4), torch.nn.PixelShuffle(4))
 
 
 class CheapAutoencoder(torch.nn.Module):

@@ -21,7 +21,7 @@ VAE_CONFIG = {
     "embed_dim": 4,
     "ddconfig": {
         "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3,
-        "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+        "ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 0, "attn_resolutions": [], "dropout": 0.0,
     },
 }
 LATENT_CHANNELS, LATENT_DOWNSCALE = 4, 4

@@ -87,7 +87,7 @@ def images_of(seeds) -> torch.Tensor:
     return images
 
 
-def train_vae(images: torch.Tensor, steps: int = 1000, batch: int = 8, lr: float = 1e-3) -> None:
+def train_vae(images: torch.Tensor, steps: int = 2000, batch: int = 8, lr: float = 1e-3) -> None:
     autoencoder_module, _ = comfy_modules()
     torch.manual_seed(0)
     vae = initialised(autoencoder_module.AutoencoderKL(**copy.deepcopy(VAE_CONFIG)))
