@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion import LATENT_CHANNELS, read_weights
+from .diffusion import LATENT_CHANNELS, LATENT_DOWNSCALE, read_weights
 
 CHEAP_DECODER_FILE = "toy_cheap_decoder.safetensors"
 
@@ -23,7 +23,7 @@ class CheapDecoder(torch.nn.Sequential):
     def __init__(self, width: int = 48):
         conv = lambda cin, cout: torch.nn.Conv2d(cin, cout, 3, padding=1)  # noqa: E731
         super().__init__(conv(LATENT_CHANNELS, width), torch.nn.SiLU(), conv(width, width), torch.nn.SiLU(),
-                         conv(width, 3 * 4 * 4), torch.nn.PixelShuffle(4))
+                         conv(width, 3 * LATENT_DOWNSCALE ** 2), torch.nn.PixelShuffle(LATENT_DOWNSCALE))
 
 
 class CheapAutoencoder(torch.nn.Module):
