@@ -1,7 +1,8 @@
 """Quality against cost on the toy world's held-out targets: every setting's score, realism and counted cost.
 
     bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--tasks …] [--models …]
-                                  [--rows all|main|sweep] [--jobs 2] [--resume] [--replot results_report.json …]
+                                  [--rows all|main|sweep] [--jobs 2] [--autocast bf16] [--resume]
+                                  [--replot results_report.json …]
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on
 ComfyUI with flow sampling). It samples every target of the half with each of the half's sampling seeds, through
@@ -17,11 +18,14 @@ the realism figures (the toy UNet's denoising error on the samples, lower is clo
 the 512 real scenes, mean ± std over subsets), and the cost: the passes the sampler counted, priced as Stable
 Diffusion 1.5 at 512 px in unguided 20-step runs (bench/sd_equivalent.py), and the toy's wall time per sample.
 
---jobs N shares the rows among N worker processes of this script, each with its share of the cores (costliest
-rows first, each to the least loaded worker, by its expected cost). On the 2-core machine two one-thread
+--jobs N runs N worker processes of this script, each with its share of the cores; they claim the rows one at a
+time, costliest first by expected cost, so that none idles while rows are left. On the 2-core machine two one-thread
 workers sampled about 10% more than one two-thread process in the same time (a batch of 16 segmentation
 targets: two in 23.5 s against one in 12.9 s); a run whose time is one costly row, like --quick, gains nothing.
 The rows do not depend on which worker runs them; only the wall time per sample does.
+
+--autocast bf16 runs the guided rows' passes under the sampler's own bf16 autocast (its `autocast` input); the
+rows record it, and --resume runs again a row saved under another autocast. Unguided rows run as they are.
 
 The tuning half is for choosing settings; tables for the README come from the report half (toy_world/splits.py).
 The guidance weights are those of bench/toy-world-quality: hand-picked on seeds 42-49, not on either half.
@@ -85,6 +89,7 @@ class Setting:
     backward_steps: int | None = None
     guided: bool = True
     preset: str = "custom"
+    autocast: str = "off"
 
 
 UNGUIDED = Setting("unguided", recurrence=1, guided=False)
@@ -182,7 +187,8 @@ class Toy:
                                 guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
                                 backward_end=setting.backward_end, backward_recurrence=setting.backward_recurrence,
                                 gradient=setting.gradient, weight_scale=setting.weight_scale,
-                                decode_resolution=setting.decode_resolution, preset=setting.preset, **common)[0]
+                                decode_resolution=setting.decode_resolution, preset=setting.preset,
+                                autocast=setting.autocast, **common)[0]
         with torch.inference_mode():
             return vae.decode(samples["samples"]).movedim(-1, 1).clone()
 
@@ -248,7 +254,7 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
     kid, kid_spread = evaluation.kid(features, torch.cat(images_all), real)
     return dict(model=model, task=task, setting=setting.name, mean=float(table.mean()), interval=bootstrap_interval(table),
                 samples=samples, denoising_error=float(torch.cat(errors).mean()), kid=kid, kid_spread=kid_spread,
-                sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict())
+                sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict(), autocast=setting.autocast)
 
 
 def combinations() -> list[Setting]:
@@ -432,15 +438,19 @@ def row_cost(task: str, setting: Setting) -> float:
     return expected_cost(task, setting) if setting.guided else sd_equivalent.unguided_multiple(setting.steps)
 
 
-def share_rows(rows: Sequence[tuple[str, str, Setting]], jobs: int) -> list[list[int]]:
-    """Row indices for each of `jobs` workers: costliest first, each to the worker with the least expected cost."""
+def costliest_first(rows: Sequence[tuple[str, str, Setting]]) -> list[int]:
+    """Row indices by expected cost, costliest first: the order in which --jobs workers claim rows."""
     costs = [row_cost(task, setting) for _, task, setting in rows]  # each a stand-in engine run
-    shares, loads = [[] for _ in range(jobs)], [0.0] * jobs
-    for i in sorted(range(len(rows)), key=lambda i: -costs[i]):
-        worker = loads.index(min(loads))
-        shares[worker].append(i)
-        loads[worker] += costs[i]
-    return [sorted(share) for share in shares if share]
+    return sorted(range(len(rows)), key=lambda i: -costs[i])
+
+
+def claim(claims: str, row: int) -> bool:
+    """Whether this worker is the first to claim the row (creating its file is atomic)."""
+    try:
+        os.close(os.open(os.path.join(claims, str(row)), os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
 
 
 def worker_outputs(output: str) -> list[str]:
@@ -456,23 +466,27 @@ def saved_rows(paths: Sequence[str]) -> list[dict]:
 
 
 def run_workers(args, rows: Sequence, todo: list[int], results: list[dict]) -> list[dict]:
-    """--jobs: the rows to do, shared among worker processes of this script, each with its share of the cores;
-    their rows are printed as they come and joined with the earlier ones."""
-    for stale in worker_outputs(args.output):  # their rows are in `results` if they are wanted
+    """--jobs: worker processes of this script, each with its share of the cores, claim the rows to do one at a
+    time, costliest first, so that none waits while rows are left; their rows are printed as they come and
+    joined with the earlier ones."""
+    claims = os.path.join(args.output, "claims")
+    for stale in worker_outputs(args.output) + glob.glob(claims):  # their rows are in `results` if they are wanted
         shutil.rmtree(stale)
+    os.makedirs(claims)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    common = ["--half", args.half, "--targets", str(args.targets), "--seeds", str(args.seeds), "--rows", args.rows,
-              "--tasks", *args.tasks, "--models", *args.models] + (["--quick"] if args.quick else [])
+    order = [todo[i] for i in costliest_first([rows[i] for i in todo])]
+    command = [sys.executable, os.path.abspath(__file__), "--half", args.half, "--targets", str(args.targets),
+               "--seeds", str(args.seeds), "--rows", args.rows, "--tasks", *args.tasks, "--models", *args.models,
+               "--autocast", args.autocast, *(["--quick"] if args.quick else []),
+               "--worker-rows", ",".join(map(str, order)), "--claims", claims]
     workers = []
-    for n, share in enumerate(share_rows([rows[i] for i in todo], args.jobs)):
+    for n in range(min(args.jobs, len(order))):
         output = os.path.join(args.output, f"worker{n}")
         os.makedirs(output, exist_ok=True)
-        command = [sys.executable, os.path.abspath(__file__), *common, "--output", output,
-                   "--worker-rows", ",".join(str(todo[i]) for i in share)]
         with open(os.path.join(output, "log"), "w") as log:
-            workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+            workers.append(subprocess.Popen(command + ["--output", output], stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, OMP_NUM_THREADS=str(threads))))
-        print(f"worker {n}: {len(share)} rows, {threads} thread(s), log in {output}/log", flush=True)
+        print(f"worker {n}: {threads} thread(s), log in {output}/log", flush=True)
     paths = [os.path.join(output, f"results_{args.half}.json") for output in worker_outputs(args.output)]
     printed = set()
     while True:
@@ -487,12 +501,12 @@ def run_workers(args, rows: Sequence, todo: list[int], results: list[dict]) -> l
     failed = [n for n, worker in enumerate(workers) if worker.returncode != 0]
     if failed:
         print(f"workers {failed} failed: see their logs; a rerun with --resume keeps the rows they finished", flush=True)
-    order = {(m, t, s.name): i for i, (m, t, s) in enumerate(rows)}
+    position = {(m, t, s.name): i for i, (m, t, s) in enumerate(rows)}
     joined = {row_key(r): r for r in results + saved_rows(paths)}
     if not failed:
-        for output in worker_outputs(args.output):
+        for output in worker_outputs(args.output) + [claims]:
             shutil.rmtree(output)
-    return sorted(joined.values(), key=lambda r: order.get(row_key(r), -1))
+    return sorted(joined.values(), key=lambda r: position.get(row_key(r), -1))
 
 
 def main(argv=None) -> list[dict]:
@@ -509,7 +523,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --output's results and run the rest")
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes that share the rows and the cores (default 1); 2 on a 2-core machine")
+    parser.add_argument("--autocast", default="off", choices=("off", "bf16"),
+                        help="the guided rows' autocast, the sampler's own input (default off)")
     parser.add_argument("--worker-rows", help="run only these rows (indices into the row list; what --jobs gives a worker)")
+    parser.add_argument("--claims", help="a folder of claimed rows: run only the listed rows no other worker has claimed")
     parser.add_argument("--replot", nargs="+", metavar="JSON",
                         help="sample nothing: write the table and plot of these runs' rows (results_<half>.json) together")
     args = parser.parse_args(argv)
@@ -521,10 +538,13 @@ def main(argv=None) -> list[dict]:
         write(results, args.output, args.half)
         print(f"wrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png from {len(results)} rows")
         return results
-    rows = rows_to_run(args.quick, args.models, args.tasks, args.rows)
+    rows = [(model, task, dataclasses.replace(setting, autocast=args.autocast) if setting.guided else setting)
+            for model, task, setting in rows_to_run(args.quick, args.models, args.tasks, args.rows)]
     results = (saved_rows([os.path.join(path, f"results_{args.half}.json") for path in [args.output, *worker_outputs(args.output)]])
                if args.resume else [])
-    done = {row_key(r) for r in results}
+    autocast = {(model, task, setting.name): setting.autocast for model, task, setting in rows}
+    results = [r for r in results if r.get("autocast", "off") == autocast.get(row_key(r), r.get("autocast", "off"))]
+    done = {row_key(r) for r in results}  # a row saved under another autocast runs again
     todo = [i for i, (model, task, setting) in enumerate(rows) if (model, task, setting.name) not in done]
     if args.worker_rows:
         todo = [int(i) for i in args.worker_rows.split(",")]
@@ -538,8 +558,9 @@ def main(argv=None) -> list[dict]:
         toy = Toy(ComfyHost(os.environ["COMFYUI_PATH"]))
         features = evaluation.RealismFeatures(toy.evaluators["classifier"])
         real = evaluation.real_scenes()
-        for model, task, setting in (rows[i] for i in todo):
-            if model not in toy.models:
+        for i in todo:
+            model, task, setting = rows[i]
+            if model not in toy.models or (args.claims and not claim(args.claims, i)):
                 continue
             results.append(run_row(toy, features, real, model, task, setting, args.half, args.targets, args.seeds))
             print(markdown(results[-1:]).splitlines()[-1], flush=True)
