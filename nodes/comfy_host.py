@@ -34,7 +34,8 @@ class SpeedOptions:
 
     guidance_every: guide every N-th step only. guidance_end: guide the first fraction of the steps only.
     backward_end: the steps that those two leave plain, in the first fraction of the steps, take backward guidance.
-    backward_recurrence: k on the guided steps with backward guidance (0 = the sampler's recurrence).
+    backward_recurrence: k on the steps with backward guidance, guided or backward_end's (0 = the sampler's
+    recurrence on the guided steps, one pass on backward_end's).
     gradient: "through_unet" or "x0_only". weight_scale: multiplies every guidance's forward weight w.
     decode_resolution: "full", "half" or "quarter", the guidance decoder's resolution.
     checkpointing: recompute UNet and decoder activations in the backward pass.

@@ -56,14 +56,16 @@ SPEED_INPUTS = {
          "autocast stay as set. Measured scores and costs: the pack's README, Quality against cost."])}),
     # After preset: saved graphs keep their widget values' positions, and those without these get the defaults.
     "backward_end": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                               "tooltip": "Backward guidance goes on, one pass per step without forward guidance "
-                                          "or recurrence, on the steps that guidance_end and guidance_every leave "
-                                          "plain, up to this fraction of the steps (0 = it stops with them). "
-                                          "Matching known pixels or boxes needs the late steps."}),
+                               "tooltip": "Backward guidance goes on without forward guidance, in "
+                                          "backward_recurrence passes per step (one if that is 0), on the steps "
+                                          "that guidance_end and guidance_every leave plain, up to this fraction "
+                                          "of the steps (0 = it stops with them). Matching known pixels or boxes "
+                                          "needs the late steps."}),
     "backward_recurrence": ("INT", {"default": 0, "min": 0, "max": 100,
-                                    "tooltip": "k on the guided steps where a guidance takes backward steps, in "
-                                               "place of recurrence (0 = recurrence): each of their passes costs m "
-                                               "more decoder passes."}),
+                                    "tooltip": "k on the steps where a guidance takes backward steps, the guided "
+                                               "ones and backward_end's, in place of recurrence (0 = recurrence on "
+                                               "the guided steps, one pass on backward_end's): each of their "
+                                               "passes costs m more decoder passes."}),
 }
 
 

@@ -303,9 +303,11 @@ def sample_universal_guidance(
         guidance_every: guide only steps 0, N, 2N, …; the others are plain steps, taken once.
         guidance_end: guide only the first fraction of the steps, within each term's own window.
         backward_end: in the first fraction of the steps, the steps that guidance_every and guidance_end leave
-            plain still take backward guidance, in one pass without forward guidance (0 = none do).
-        backward_recurrence: k instead of `recurrence` on the guided steps where a term with backward steps is
-            active (0 = recurrence): each of their passes costs m more decoder passes.
+            plain still take backward guidance, without forward guidance, in `backward_recurrence` passes or
+            one (0 = none do).
+        backward_recurrence: k instead of `recurrence` on the steps where a term with backward steps is active,
+            the guided ones and backward_end's (0 = recurrence on the guided steps, one pass on backward_end's):
+            each of their passes costs m more decoder passes.
         gradient: "through_unet" (eq. 6) or "x0_only" (forward guidance without the denoiser's backward).
         autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
         counts: if given, counts the denoiser's and the guidance losses' passes as they run (the caller, who
@@ -353,12 +355,12 @@ def sample_universal_guidance(
             active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
         else:
             active = []
-        if not (guided_step and active):
+        if not active:
             passes = 1
         elif backward_recurrence and any(term.backward_steps > 0 for term, _ in active):
             passes = backward_recurrence
         else:
-            passes = recurrence
+            passes = recurrence if guided_step else 1
         for r in range(passes):
             check_interrupt()
             if active:

@@ -68,6 +68,13 @@ def test_backward_recurrence_sets_k_on_the_steps_with_backward_guidance_only(bac
         counted_run(backward_recurrence=-1)
 
 
+def test_backward_recurrence_also_sets_k_on_the_steps_with_backward_guidance_alone():
+    counts = counted_run(backward_steps=3, guidance_every=1, guidance_end=0.5, backward_end=1.0, backward_recurrence=3)
+    assert counts.forward["denoiser"] == BATCH * STEPS * 3  # steps 0-2 guided and 3-5 backward alone, k = 3 each
+    assert counts.backward["denoiser"] == BATCH * 3 * 3  # forward guidance on the guided steps only
+    assert counts.forward["decoder"] == BATCH * (3 * 3 * (1 + 3) + 3 * 3 * 3)
+
+
 def test_a_smaller_input_counts_its_share_of_the_full_area():
     counts = PassCounts()
     half = counts.counted("decoder", decode, full_area=16)

@@ -113,9 +113,11 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
     guided_steps = sum(1 for i in range(fast.steps) if i / fast.steps < fast.guidance_end)
     late_steps = sum(1 for i in range(guided_steps, fast.steps) if i / fast.steps < fast.backward_end)
     samples, k = 2, fast.backward_recurrence or fast.recurrence  # the guidance takes a backward step
-    assert counts.forward["denoiser"] == samples * (guided_steps * k + fast.steps - guided_steps)
+    late_k = fast.backward_recurrence or 1
+    plain_steps = fast.steps - guided_steps - late_steps
+    assert counts.forward["denoiser"] == samples * (guided_steps * k + late_steps * late_k + plain_steps)
     # forward guidance and one backward step on each guided pass; the backward step alone on the late steps
-    assert counts.forward["decoder"] == samples * (guided_steps * k * 2 + late_steps)
+    assert counts.forward["decoder"] == samples * (guided_steps * k * 2 + late_steps * late_k)
     assert counts.backward["unet"] == 0  # x0_only
     with torch.inference_mode():
         (spelled_out,) = node(comfy, "UniversalGuidedKSampler").sample(
