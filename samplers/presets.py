@@ -1,12 +1,13 @@
 """Named settings of the sampler's levers, chosen on the toy world's tuning half (bench/toy-world-frontier).
 
-paper is the paper's method. balanced and fast guide only the first half of the steps, with self-recurrence
-k = 4 and the gradient taken at x0 (no backward pass through the UNet), at 0.3 of the guidance's forward weight:
-that gradient overshoots at high noise, where the UNet's own Jacobian would shrink it. Backward guidance goes on
-alone to the last step, one pass per step: matching known pixels or boxes needs the late steps; and the steps
-with backward guidance take k = 2, since each of their passes costs m more decoder passes. fast also takes
-10 steps and expects a cheap guidance decoder (TAESD). README, "Quality against cost", has their measured scores
-and costs.
+paper is the paper's method. balanced and fast guide only the first steps (40% and 50%), with self-recurrence
+(k = 6 and 4) and the gradient taken at x0 (no backward pass through the UNet), at 0.4 and 0.3 of the guidance's
+forward weight: that gradient overshoots at high noise, where the UNet's own Jacobian would shrink it. Backward
+guidance goes on alone to the last step: matching known pixels or boxes needs the late steps, and their
+recurrence most of all. The steps with backward guidance take k = 2 (balanced) and 1 (fast), since each of
+their passes costs m more decoder passes. fast also takes 10 steps and expects a cheap guidance decoder (TAESD).
+bench/frontier/tuning.md has the runs that chose them; README, "Quality against cost", their measured scores and
+costs.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class Preset:
     def describe(self) -> str:
         window = "guidance on every step" if self.guidance_end == 1 else f"guidance in the first {self.guidance_end:.0%} of the steps"
         if self.backward_end > 0:
-            window += (" and backward guidance alone after it, one pass per step, "
+            window += (" and backward guidance alone after it, "
+                       + (f"k = {self.backward_recurrence}, " if self.backward_recurrence else "one pass per step, ")
                        + ("to the last step" if self.backward_end == 1 else f"to {self.backward_end:.0%} of the steps"))
         parts = [f"{self.steps} steps" if self.steps else "the sampler's steps",
                  f"k = {self.recurrence}" + (f" ({self.backward_recurrence} where a guidance takes backward steps)"
@@ -56,8 +58,8 @@ class Preset:
 
 PRESETS = {
     "paper": Preset(recurrence=10, gradient="through_unet", guidance_end=1.0, weight_scale=1.0),
-    "balanced": Preset(recurrence=4, backward_recurrence=2, gradient="x0_only", guidance_end=0.5, weight_scale=0.3,
+    "balanced": Preset(recurrence=6, backward_recurrence=2, gradient="x0_only", guidance_end=0.4, weight_scale=0.4,
                        backward_end=1.0),
-    "fast": Preset(recurrence=4, backward_recurrence=2, gradient="x0_only", guidance_end=0.5, weight_scale=0.3,
+    "fast": Preset(recurrence=4, backward_recurrence=1, gradient="x0_only", guidance_end=0.5, weight_scale=0.3,
                    backward_end=1.0, steps=10, cheap_decoder=True),
 }
