@@ -351,7 +351,7 @@ def sample_universal_guidance(
         guided_step = i % guidance_every == 0 and i / steps < guidance_end
         if guided_step:
             active = [(term, fn) for term, fn in bound if term.active_at(i, steps)]
-        elif i / steps < backward_end:  # backward guidance alone, in one pass
+        elif i / steps < backward_end:  # backward guidance alone
             active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
         else:
             active = []
