@@ -11,14 +11,10 @@ import logging
 
 import torch
 
-import comfy.ldm.models.autoencoder
-import comfy.model_management
-import comfy.model_patcher
-import comfy.sd
 import comfy.supported_models
 
 from .network_weights import LoaderNode
-from .stand_ins import randomize
+from .stand_ins import stand_in_model, stand_in_vae
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +50,7 @@ def stand_in_family_model(family: str, seed: int):
     if config_class is None:
         raise RuntimeError(f"Stand-in Model Family: this ComfyUI has no {spec['model']} support; choose another "
                            "family, or update ComfyUI.")
-    base = config_class(dict(spec["config"])).get_model({})
-    randomize(base.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
-
-
-def stand_in_family_vae(family: str, seed: int):
-    channels = FAMILIES[family]["latent_channels"]
-    params = {"embed_dim": channels, "ddconfig": {
-        "double_z": True, "z_channels": channels, "resolution": 256, "in_channels": 3, "out_ch": 3,
-        "ch": 32, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}
-    autoencoder = randomize(comfy.ldm.models.autoencoder.AutoencoderKL(**params), seed + 1)
-    vae = comfy.sd.VAE(sd=autoencoder.state_dict(), config={"params": params})
-    vae.latent_channels = channels
-    return vae
+    return stand_in_model(seed, config_class(dict(spec["config"])))
 
 
 def stand_in_family_conditioning(family: str, seed: int) -> list:
@@ -98,7 +80,7 @@ class StandInModelFamily(LoaderNode):
 
     def load(self, family, seed):
         log.warning("Using STAND-IN %s models with random weights: the images will not mean anything.", family)
-        return (stand_in_family_model(family, seed), stand_in_family_vae(family, seed),
+        return (stand_in_family_model(family, seed), stand_in_vae(seed, FAMILIES[family]["latent_channels"]),
                 stand_in_family_conditioning(family, seed), stand_in_family_conditioning(family, seed + 3))
 
 

@@ -85,19 +85,24 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def stand_in_model(seed: int):
-    config = comfy.supported_models.SD15(dict(UNET_CONFIG))
-    base = config.get_model({})
+def stand_in_model(seed: int, model_config=None):
+    """A random-weight MODEL of a ComfyUI supported-model config (default: SD 1.5's, at UNET_CONFIG's size)."""
+    model_config = model_config or comfy.supported_models.SD15(dict(UNET_CONFIG))
+    base = model_config.get_model({})
     randomize(base.diffusion_model, seed)
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=comfy.model_management.unet_offload_device())
 
 
-def stand_in_vae(seed: int):
+def stand_in_vae(seed: int, latent_channels: int = 4):
+    params = {**VAE_CONFIG, "embed_dim": latent_channels,
+              "ddconfig": {**VAE_CONFIG["ddconfig"], "z_channels": latent_channels}}
     # Built from a full state dict, so that ComfyUI does not log every key as missing.
-    autoencoder = comfy.ldm.models.autoencoder.AutoencoderKL(**VAE_CONFIG)
+    autoencoder = comfy.ldm.models.autoencoder.AutoencoderKL(**params)
     randomize(autoencoder, seed + 1)
-    return comfy.sd.VAE(sd=autoencoder.state_dict(), config={"params": VAE_CONFIG})
+    vae = comfy.sd.VAE(sd=autoencoder.state_dict(), config={"params": params})
+    vae.latent_channels = latent_channels
+    return vae
 
 
 def stand_in_clip(seed: int):
