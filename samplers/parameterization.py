@@ -28,10 +28,15 @@ def alpha_bar(a: float, b: float) -> float:
 
 
 def forward_guidance_scale(schedule: str, weight: float, a: float, b: float) -> float:
-    """The factor c in `x0' = x0 − c·∇ₓℓ` (paper eq. 6 moved from ε and z to x0 and x).
+    """The factor c of a forward-guidance step `x0' = x0 − c·g` (paper eq. 6 moved from ε and z to x0 and x).
 
-    `ε̂ = ε + s(t)·∇_z ℓ` with `∇_z = √(a²+b²)·∇ₓ` and `x0 = (x − b·ε)/a` gives
-    `c = s(t)·(b/a)·√(a² + b²)`. The paper's `s(t) = w·√(1 − ᾱ)` makes this `w·b²/a`.
+    "paper" and "constant" take the raw gradient, g = ∇ₓℓ: `ε̂ = ε + s(t)·∇_z ℓ` with `∇_z = √(a²+b²)·∇ₓ` and
+    `x0 = (x − b·ε)/a` give `c = s(t)·(b/a)·√(a² + b²)`. The paper's `s(t) = w·√(1 − ᾱ)` makes this `w·b²/a`.
+
+    "auto" keeps the paper's s(t) but rescales the gradient to the size of the predicted noise,
+    `g = RMS(ε̂)·∇ₓℓ / RMS(∇ₓℓ)` per sample: the step changes ε̂ by w·√(1 − ᾱ) of its own RMS, whatever the loss,
+    decoder or latent scale, and so `c = s(t)·b/a` and `RMS(x0' − x0) = w·√(1 − ᾱ)·(b/a)·RMS(ε̂)`.
+
     At a = 0 (a flow model's pure-noise level, ᾱ = 0) the ε-form gives no x0, so c is 0 there.
     """
     if a <= 0:
@@ -40,4 +45,6 @@ def forward_guidance_scale(schedule: str, weight: float, a: float, b: float) -> 
         return weight * b * b / a
     if schedule == "constant":
         return weight * (b / a) * math.sqrt(a * a + b * b)
-    raise ValueError(f"Unknown guidance schedule {schedule!r}: use 'paper' or 'constant'.")
+    if schedule == "auto":
+        return weight * b * b / (a * math.sqrt(a * a + b * b))
+    raise ValueError(f"Unknown guidance schedule {schedule!r}: use 'paper', 'constant' or 'auto'.")

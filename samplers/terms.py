@@ -11,7 +11,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-SCHEDULES = ("paper", "constant")
+SCHEDULES = ("paper", "constant", "auto")
 OPTIMIZERS = ("adam", "sgd")
 
 BoundLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -39,7 +39,9 @@ class GuidanceTerm:
         name: shown in warnings.
         loss: the guidance loss.
         weight: w of the forward-guidance strength; 0 turns forward guidance off.
-        schedule: "paper" for s(t) = w·√(1 − ᾱ_t), "constant" for s(t) = w.
+        schedule: "paper" for s(t) = w·√(1 − ᾱ_t), "constant" for s(t) = w; "auto" for the paper's s(t) on the
+            gradient rescaled to the predicted noise's size, so that one w fits every loss and model
+            (`forward_guidance_scale`).
         backward_steps: m, optimiser steps on Δ per denoising pass; 0 turns backward guidance off.
         backward_lr: learning rate of the backward optimiser.
         optimizer: "adam" or "sgd".

@@ -8,6 +8,9 @@ Per step, k times (self-recurrence, eq. 10):
   3. base step from σ to σ' with x0' (DDIM, or DDPM-like when η > 0)
   4. unless it is the last pass, re-noise back to σ.
 
+A term with the "auto" schedule takes its gradient rescaled to the predicted noise's RMS, so that its w is a
+fraction of the noise rather than a number that depends on the loss and the model (`forward_guidance_scale`).
+
 Cheaper variants (options, off by default): forward guidance with the gradient taken at x0 instead of
 through the denoiser ("x0_only", MPGD's shortcut: ∇ₓℓ ≈ ∇_{x0}ℓ / a, as if the predicted noise did not
 depend on x), guidance on every N-th step only or in the first steps only, and the guided passes under autocast.
@@ -99,6 +102,16 @@ def _checked_loss(loss_fn: BoundLoss, image: torch.Tensor, term: GuidanceTerm) -
     return loss
 
 
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample root mean square, shaped to broadcast over the sample."""
+    return t.float().pow(2).flatten(1).mean(1).sqrt().reshape(-1, *([1] * (t.ndim - 1)))
+
+
+def noise_rms(x: torch.Tensor, x0: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """RMS of the noise the denoiser predicts, ε̂ = (x − a·x0)/b, per sample (what "auto" strength is relative to)."""
+    return _rms((x.detach() - a * x0.detach()) / b)
+
+
 class GuidedDenoiser:
     """The denoiser with universal guidance applied to its x0 (eq. 6–9).
 
@@ -133,9 +146,10 @@ class GuidedDenoiser:
         if not weighted:
             x0 = self.model(x, sigma, **self.extra_args)
         elif self.gradient == "x0_only":
-            x0 = self.forward_guided_at_x0(self.model(x, sigma, **self.extra_args), weighted, a)
+            x0 = self.model(x, sigma, **self.extra_args)
+            x0 = self.forward_guided_at_x0(x0, weighted, a, noise_rms(x, x0, a, b))
         else:
-            x0 = self.forward_guided(x, sigma, weighted)
+            x0 = self.forward_guided(x, sigma, weighted, a, b)
         deltas = []
         for term, loss_fn in active:
             if term.backward_steps > 0:
@@ -156,7 +170,7 @@ class GuidedDenoiser:
         return self.autograd.run(lambda: compute(False))
 
     def _weighted_losses(self, image, weighted_losses, reduced: bool):
-        """[(term, c_i·Σ ℓ_i(image))] of the terms whose loss is finite (the others are warned about).
+        """[(term, Σ ℓ_i(image), c_i)] of the terms whose loss is finite (the others are warned about).
 
         Returns None if a loss is not finite under reduced precision (the caller redoes it in full).
         """
@@ -164,38 +178,57 @@ class GuidedDenoiser:
         for term, loss_fn, scale in weighted_losses:
             loss = _checked_loss(loss_fn, image, term).float()
             if torch.isfinite(loss).all():
-                weighted.append((term, scale * loss.sum()))
+                weighted.append((term, loss.sum(), scale))
             elif reduced:
                 return None
             else:
                 self.warn(term, "loss")
         return weighted
 
-    def _weighted_gradient(self, weighted, leaf, reduced: bool):
-        """∇_leaf of the weighted losses, leaving out terms whose gradient is not finite (with a warning).
+    def _gradient(self, losses, leaf, reduced: bool, more_follow: bool):
+        """∇_leaf of the sum of [(term, loss)], leaving out terms whose gradient is not finite (with a warning).
 
-        Returns None if the gradient is not finite under reduced precision.
+        Returns None if the gradient is not finite under reduced precision. The graph is kept for the culprit
+        search and, if `more_follow`, for the backward passes after this one.
         """
-        if weighted is None:
-            return None
-        if not weighted:
-            return torch.zeros_like(leaf)
-        grad = self.precision.gradient(sum(w for _, w in weighted), leaf, reduced, retain_graph=len(weighted) > 1)
+        retain = more_follow or len(losses) > 1
+        grad = self.precision.gradient(sum(loss for _, loss in losses), leaf, reduced, retain_graph=retain)
         if torch.isfinite(grad).all():
             return grad
         if reduced:
             return None
         grad = torch.zeros_like(leaf)  # find the culprit; keep the others
-        for term, w in weighted:
-            g = self.precision.gradient(w, leaf, False, retain_graph=True)
+        for term, loss in losses:
+            g = self.precision.gradient(loss, leaf, False, retain_graph=True)
             if torch.isfinite(g).all():
                 grad = grad + g
             else:
                 self.warn(term, "gradient")
         return grad
 
-    def forward_guided(self, x, sigma, weighted_losses):
-        """Eq. 6: the denoiser's x0 minus Σ c_i·∇ₓℓ_i, the gradient taken through the denoiser and decoder.
+    def _guidance_step(self, weighted, leaf, reduced: bool, project: Callable, rms_noise: torch.Tensor):
+        """Σ c_i·g_i: g_i = project(∇_leaf ℓ_i), the raw terms' in one backward pass and each auto term's in one
+        of its own, rescaled to RMS(ε̂) per sample (`forward_guidance_scale`). None as `_gradient` gives it."""
+        if weighted is None:
+            return None
+        raw = [(term, scale * loss) for term, loss, scale in weighted if term.schedule != "auto"]
+        auto = [(term, loss, scale) for term, loss, scale in weighted if term.schedule == "auto"]
+        step = torch.zeros_like(leaf)
+        if raw:
+            grad = self._gradient(raw, leaf, reduced, more_follow=bool(auto))
+            if grad is None:
+                return None
+            step = step + project(grad)
+        for i, (term, loss, scale) in enumerate(auto):
+            grad = self._gradient([(term, loss)], leaf, reduced, more_follow=i < len(auto) - 1)
+            if grad is None:
+                return None
+            grad = project(grad)
+            step = step + scale * rms_noise * grad / _rms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
+        return step
+
+    def forward_guided(self, x, sigma, weighted_losses, a: float, b: float):
+        """Eq. 6: the denoiser's x0 minus Σ c_i·g_i, the gradient taken through the denoiser and decoder.
 
         `weighted_losses` holds (term, loss, c_i) with c_i from `forward_guidance_scale`.
         """
@@ -205,27 +238,27 @@ class GuidedDenoiser:
             with self.precision.autocast(reduced):
                 x0 = self.model(x_in, sigma, **self.extra_args)
                 weighted = self._weighted_losses(self.decode(x0), weighted_losses, reduced)
-            grad = self._weighted_gradient(weighted, x_in, reduced)
-            return None if grad is None else (x0.to(x.dtype) - grad).detach()
+            step = self._guidance_step(weighted, x_in, reduced, lambda g: g, noise_rms(x, x0.detach(), a, b))
+            return None if step is None else (x0.to(x.dtype) - step).detach()
 
         return self._in_precision(compute)
 
-    def forward_guided_at_x0(self, x0, weighted_losses, a: float):
-        """Eq. 6 without the denoiser's backward pass: x0 − Σ c_i·∇_{x0}ℓ_i / a (∂x0/∂x taken as I/a).
+    def forward_guided_at_x0(self, x0, weighted_losses, a: float, rms_noise: torch.Tensor):
+        """Eq. 6 without the denoiser's backward pass: g_i from ∇_{x0}ℓ_i / a (∂x0/∂x taken as I/a).
 
         The gradient is confined to the update mask, as the denoiser's own mask would confine it.
         """
+        mask = self.update_mask
+
+        def project(grad):
+            return (grad if mask is None else grad * mask) / a
 
         def compute(reduced: bool):
             x0_in = x0.detach().clone().requires_grad_(True)
             with self.precision.autocast(reduced):
                 weighted = self._weighted_losses(self.decode(x0_in), weighted_losses, reduced)
-            grad = self._weighted_gradient(weighted, x0_in, reduced)
-            if grad is None:
-                return None
-            if self.update_mask is not None:
-                grad = grad * self.update_mask
-            return (x0 - grad / a).detach()
+            step = self._guidance_step(weighted, x0_in, reduced, project, rms_noise)
+            return None if step is None else (x0 - step).detach()
 
         return self._in_precision(compute)
 

@@ -68,7 +68,7 @@ def test_forward_guidance_equals_the_papers_eps_form(noise_scaling, sigma):
 
     guided = term(TargetLoss(target), weight=w)
     scale = forward_guidance_scale("paper", w, a, b)
-    ours = GuidedDenoiser(denoiser, decode, {}).forward_guided(x, sigma_vec, [(guided, loss_fn, scale)])
+    ours = GuidedDenoiser(denoiser, decode, {}).forward_guided(x, sigma_vec, [(guided, loss_fn, scale)], a, b)
     torch.testing.assert_close(ours, paper_x0, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ours, denoiser(x, sigma_vec)), "the guidance must move x0"
 
@@ -78,6 +78,67 @@ def test_paper_schedule_is_w_sigma_squared_for_eps_models():
     assert forward_guidance_scale("paper", 4.0, 0.0, 1.0) == 0.0  # flow model at σ = 1: no x0 from the ε-form
     # constant s: c = s·(b/a)·√(a²+b²)
     assert forward_guidance_scale("constant", 2.0, 0.5, 0.5) == pytest.approx(2.0 * 1.0 * math.sqrt(0.5))
+    # auto: c = s(t)·b/a, applied to a gradient of ε̂'s RMS
+    assert forward_guidance_scale("auto", 4.0, 1.0, 3.0) == pytest.approx(4.0 * 3.0 / math.sqrt(10.0) * 3.0)
+
+
+def rms(t):
+    return t.pow(2).flatten(1).mean(1).sqrt()
+
+
+@pytest.mark.parametrize("gradient", ["through_unet", "x0_only"])
+@pytest.mark.parametrize("noise_scaling, sigma", PARAMETERISATIONS)
+def test_auto_strength_steps_by_its_fraction_of_the_predicted_noise(noise_scaling, sigma, gradient):
+    """RMS(x0' − x0) = w·√(1 − ᾱ)·(b/a)·RMS(ε̂) per sample, along the raw step's direction, for losses of any scale."""
+    torch.manual_seed(0)
+    a, b = noise_coefficients(noise_scaling, sigma)
+    denoiser = GaussianDenoiser(noise_scaling)
+    x = torch.randn(3, 2, 4, 4) * b + a * 0.3
+    sigma_vec = torch.full((3,), sigma)
+    target = torch.rand(3, 3, 4, 4)
+    w = 0.3
+    steps = {}
+    for loss_scale in (1.0, 1e4):
+        def loss_fn(image, loss_scale=loss_scale):
+            return loss_scale * ((image - target) ** 2).flatten(1).sum(1)
+
+        auto = term(TargetLoss(target), weight=w, schedule="auto")
+        guided = GuidedDenoiser(denoiser, decode, {}, gradient=gradient)(x, sigma_vec, [(auto, loss_fn)], a, b)
+        steps[loss_scale] = denoiser(x, sigma_vec) - guided
+    x0 = denoiser(x, sigma_vec)
+    eps_rms = rms((x - a * x0) / b)
+    promised = w * math.sqrt(1 - alpha_bar(a, b)) * (b / a) * eps_rms
+    torch.testing.assert_close(rms(steps[1.0]), promised, rtol=1e-4, atol=0)
+    torch.testing.assert_close(steps[1e4], steps[1.0], rtol=1e-4, atol=1e-7)  # the loss's scale drops out
+    raw = term(TargetLoss(target), weight=1.0)
+    raw_loss = lambda image: ((image - target) ** 2).flatten(1).sum(1)
+    raw_step = x0 - GuidedDenoiser(denoiser, decode, {}, gradient=gradient)(x, sigma_vec, [(raw, raw_loss)], a, b)
+    cosine = torch.nn.functional.cosine_similarity(raw_step.flatten(1), steps[1.0].flatten(1))
+    torch.testing.assert_close(cosine, torch.ones(3), rtol=0, atol=1e-5)
+
+
+def test_auto_strength_sizes_each_term_on_its_own_and_keeps_to_the_update_mask():
+    torch.manual_seed(1)
+    a, b = noise_coefficients(eps_noise_scaling, 2.0)
+    denoiser = GaussianDenoiser(eps_noise_scaling)
+    x, sigma_vec = torch.randn(2, 2, 4, 4) * b, torch.full((2,), 2.0)
+    targets = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    losses = [lambda image, t=t, k=k: k * ((image - t) ** 2).flatten(1).sum(1) for t, k in zip(targets, (1.0, 500.0))]
+    terms = [term(TargetLoss(t), weight=0.2, schedule="auto") for t in targets]
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[..., :2] = 1
+    x0 = denoiser(x, sigma_vec)
+
+    def step(active, update_mask=None):
+        guided = GuidedDenoiser(denoiser, decode, {}, update_mask=update_mask, gradient="x0_only")
+        return x0 - guided(x, sigma_vec, active, a, b)
+
+    alone = [step([(t, fn)]) for t, fn in zip(terms, losses)]
+    torch.testing.assert_close(rms(alone[0]), rms(alone[1]), rtol=1e-4, atol=0)  # 500× the loss, the same step
+    torch.testing.assert_close(step(list(zip(terms, losses))), alone[0] + alone[1], rtol=1e-4, atol=1e-6)
+    masked = step([(terms[0], losses[0])], mask)
+    assert (masked * (1 - mask)).abs().max() == 0
+    torch.testing.assert_close(rms(masked), rms(alone[0]), rtol=1e-4, atol=0)  # the whole step inside the mask
 
 
 @pytest.mark.parametrize("noise_scaling, sigmas", [(eps_noise_scaling, (3.0, 1.2)), (flow_noise_scaling, (0.8, 0.5))])
