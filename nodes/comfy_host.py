@@ -20,6 +20,7 @@ from ..samplers.checkpointing import checkpointed, outermost_blocks
 from ..samplers.decoding import DECODE_RESOLUTIONS, at_reduced_resolution
 from ..samplers.pass_counts import PassCounts, report
 from ..samplers.precision import AUTOCAST_DTYPES
+from ..samplers.methods import METHODS
 from ..samplers.universal_guidance import GRADIENT_PATHS, sample_universal_guidance
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,11 @@ CHECKPOINTED_BLOCKS = {"ResBlock", "SpatialTransformer", "ResnetBlock", "AttnBlo
 
 
 @dataclass(frozen=True)
-class SpeedOptions:
-    """The sampler's speed and memory levers; the defaults are the paper's exact method.
+class SamplerOptions:
+    """The sampler's options beside k and the base step: the guidance method, and the speed and memory levers; the
+    defaults are the paper's exact method.
 
+    method: how a guided pass places its steps (samplers/methods); smoothing: TFG's γ̄.
     guidance_every: guide every N-th step only. guidance_end: guide the first fraction of the steps only.
     backward_end: the steps that those two leave plain, in the first fraction of the steps, take backward guidance.
     backward_recurrence: k on the steps with backward guidance, guided or backward_end's (0 = the sampler's
@@ -51,6 +54,8 @@ class SpeedOptions:
     decode_resolution: str = "full"
     checkpointing: bool = False
     autocast: str = "off"
+    method: str = "ugd"
+    smoothing: float = 0.0
 
     def __post_init__(self):
         if self.guidance_every < 1:
@@ -63,7 +68,10 @@ class SpeedOptions:
             raise ValueError(f"backward_recurrence must be at least 0 (0 = recurrence), got {self.backward_recurrence}.")
         if not 0.0 <= self.weight_scale < float("inf"):
             raise ValueError(f"weight_scale must be a finite number >= 0, got {self.weight_scale}.")
-        for name, value, choices in (("gradient", self.gradient, GRADIENT_PATHS),
+        if not 0.0 <= self.smoothing < float("inf"):
+            raise ValueError(f"smoothing must be a finite number >= 0, got {self.smoothing}.")
+        for name, value, choices in (("method", self.method, tuple(METHODS)),
+                                     ("gradient", self.gradient, GRADIENT_PATHS),
                                      ("decode_resolution", self.decode_resolution, tuple(DECODE_RESOLUTIONS)),
                                      ("autocast", self.autocast, tuple(AUTOCAST_DTYPES))):
             if value not in choices:
@@ -185,13 +193,13 @@ def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, decode_re
 
 
 def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, guidance, vae, recurrence, base,
-            speed: SpeedOptions):
+            options: SamplerOptions):
     start, counts = time.perf_counter(), PassCounts()
-    if speed.weight_scale != 1.0:
-        guidance = tuple(replace(term, weight=term.weight * speed.weight_scale) for term in guidance)
+    if options.weight_scale != 1.0:
+        guidance = tuple(replace(term, weight=term.weight * options.weight_scale) for term in guidance)
     base_model, extra_args, decode = prepare_guided_sampling(model, x.shape, extra_args, guidance, vae,
-                                                             speed.decode_resolution, counts)
-    blocks = checkpoint_blocks(base_model, vae) if speed.checkpointing else []
+                                                             options.decode_resolution, counts)
+    blocks = checkpoint_blocks(base_model, vae) if options.checkpointing else []
     try:
         with checkpointed(blocks):
             samples = sample_universal_guidance(
@@ -203,13 +211,15 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                 base=base,
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                 update_mask=extra_args.get("denoise_mask"),
-                guidance_every=speed.guidance_every,
-                guidance_end=speed.guidance_end,
-                backward_end=speed.backward_end,
-                backward_recurrence=speed.backward_recurrence,
-                gradient=speed.gradient,
-                autocast=speed.autocast,
+                guidance_every=options.guidance_every,
+                guidance_end=options.guidance_end,
+                backward_end=options.backward_end,
+                backward_recurrence=options.backward_recurrence,
+                gradient=options.gradient,
+                autocast=options.autocast,
                 counts=counts,
+                method=options.method,
+                smoothing=options.smoothing,
             )
     except torch.OutOfMemoryError:
         # Re-raised unchanged so that ComfyUI still frees its models; this says what to change.
@@ -223,9 +233,9 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
 
 
 def universal_guidance_sampler(guidance, vae, recurrence: int, base: str,
-                               speed: SpeedOptions = SpeedOptions()) -> comfy.samplers.KSAMPLER:
+                               options: SamplerOptions = SamplerOptions()) -> comfy.samplers.KSAMPLER:
     """A ComfyUI SAMPLER running universal guidance; `vae` decodes for the guidance loss."""
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
     return comfy.samplers.KSAMPLER(_sample, extra_options={"guidance": guidance, "vae": vae, "recurrence": recurrence,
-                                                           "base": base, "speed": speed})
+                                                           "base": base, "options": options})

@@ -20,7 +20,7 @@ def settings_inputs(weight: float, backward_steps: int = 0, backward_lr: float =
                                                   "decoder or the model (README: Automatic strength)."}),
         "backward_steps": ("INT", {"default": backward_steps, "min": 0, "max": 1000,
                                    "tooltip": "m, optimiser steps of backward guidance per denoising pass. 0 turns it off."}),
-        "backward_lr": ("FLOAT", {"default": backward_lr, "min": 1e-6, "max": 100.0, "step": 0.001,
+        "backward_lr": ("FLOAT", {"default": backward_lr, "min": 1e-6, "max": 1e7, "step": 0.001,
                                   "tooltip": "Learning rate of backward guidance."}),
         "optimizer": (list(OPTIMIZERS), {"default": "adam", "tooltip": "Optimiser of backward guidance (the reference uses Adam)."}),
         "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,

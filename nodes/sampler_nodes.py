@@ -11,9 +11,10 @@ import latent_preview
 
 from ..samplers.decoding import DECODE_RESOLUTIONS
 from ..samplers.precision import AUTOCAST_DTYPES
+from ..samplers.methods import METHODS
 from ..samplers.presets import PRESETS
 from ..samplers.universal_guidance import BASE_STEPS, GRADIENT_PATHS
-from .comfy_host import SpeedOptions, check_guidance, guidance_patchers, universal_guidance_sampler
+from .comfy_host import SamplerOptions, check_guidance, guidance_patchers, universal_guidance_sampler
 from .guidance_settings import GUIDANCE
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,9 @@ RECURRENCE = ("INT", {"default": 1, "min": 1, "max": 100,
                       "tooltip": "k: denoising passes per step while guidance is active, re-noising in between (paper eq. 10). 1 = no recurrence."})
 BASE = (list(BASE_STEPS), {"default": "ddim", "tooltip": "ddim: deterministic DDIM (η = 0). ddpm: ancestral DDPM-like step (η = 1)."})
 GUIDANCE_VAE = ("VAE", {"tooltip": "Optional VAE used only to decode for the guidance loss, e.g. TAESD from Load VAE: faster, less exact."})
-# Speed and memory levers; the defaults are the paper's exact method (README: Speed and memory).
-SPEED_INPUTS = {
+# The method and the speed and memory levers; the defaults are the paper's exact method (README: Speed and memory,
+# Methods).
+SAMPLER_OPTIONS = {
     "guidance_every": ("INT", {"default": 1, "min": 1, "max": 1000,
                                "tooltip": "Guide only every N-th step (1 = every step); the steps between are plain "
                                           "DDIM/DDPM steps. For a step window, set start/end_percent on the guidance."}),
@@ -66,18 +68,27 @@ SPEED_INPUTS = {
                                                "ones and backward_end's, in place of recurrence (0 = recurrence on "
                                                "the guided steps, one pass on backward_end's): each of their "
                                                "passes costs m more decoder passes."}),
+    "method": (list(METHODS), {"default": "ugd", "tooltip": "\n".join(
+        ["How a guided pass steps (README: Methods). ugd: the paper's, into x0 and ε.",
+         "freedom: a step on x_{t-1} through the UNet, sized to the noise (weight = ρ, about 0.02-1).",
+         "mpgd: steps on x0 alone, no UNet backward (backward_steps = N_iter, backward_lr = μ; weight unused).",
+         "dps: a step on x_{t-1} along the gradient of √loss (weight = ζ); use sampler ddpm and recurrence 1.",
+         "tfg: TFG's variance (weight = ρ) and mean guidance (backward_steps, backward_lr = μ) with smoothing.",
+         "Mean guidance takes plain gradient steps: the guidance's optimizer is not used."])}),
+    "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01,
+                            "tooltip": "tfg only: γ̄, the loss is read at x0 plus noise of γ̄·√(1−ᾱ_t) (0 = off)."}),
 }
 
 
-def preset_levers(preset: str, steps: int | None, recurrence: int, speed: dict) -> tuple[int | None, int, dict]:
-    """(steps, recurrence, speed options) with the preset's values in place of the inputs' (custom keeps them)."""
+def preset_levers(preset: str, steps: int | None, recurrence: int, options: dict) -> tuple[int | None, int, dict]:
+    """(steps, recurrence, options) with the preset's values in place of the inputs' (custom keeps them)."""
     if preset == "custom":
-        return steps, recurrence, speed
+        return steps, recurrence, options
     if preset not in PRESETS:
         raise ValueError(f"preset must be custom or one of {tuple(PRESETS)}, got {preset!r}.")
     chosen = PRESETS[preset]
     log.info("Universal guidance: preset %s: %s.", preset, chosen.describe())
-    return chosen.steps or steps, chosen.recurrence, {**speed, **chosen.levers()}
+    return chosen.steps or steps, chosen.recurrence, {**options, **chosen.levers()}
 
 
 def _sigmas(model, scheduler: str, steps: int, denoise: float):
@@ -116,12 +127,12 @@ class UniversalGuidedKSampler:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
                 "recurrence": RECURRENCE,
             },
-            "optional": {"guidance_vae": GUIDANCE_VAE, **SPEED_INPUTS},
+            "optional": {"guidance_vae": GUIDANCE_VAE, **SAMPLER_OPTIONS},
         }
 
     def sample(self, model, vae, positive, negative, latent_image, guidance, seed, steps, cfg, sampler,
-               scheduler, denoise, recurrence, guidance_vae=None, preset="custom", **speed):
-        steps, recurrence, speed = preset_levers(preset, steps, recurrence, speed)
+               scheduler, denoise, recurrence, guidance_vae=None, preset="custom", **options):
+        steps, recurrence, options = preset_levers(preset, steps, recurrence, options)
         if preset != "custom" and PRESETS[preset].cheap_decoder and guidance_vae is None:
             log.warning("Universal guidance: the %s preset was measured with a TAESD guidance_vae; without one, "
                         "every guided pass decodes with the full VAE, which costs much more.", preset)
@@ -130,7 +141,7 @@ class UniversalGuidedKSampler:
         if hasattr(comfy.sample, "fix_empty_latent_channels"):
             latent = comfy.sample.fix_empty_latent_channels(model, latent)
         check_guidance(guidance, latent.shape, decoder_vae)
-        ksampler = universal_guidance_sampler(guidance, decoder_vae, recurrence, sampler, SpeedOptions(**speed))
+        ksampler = universal_guidance_sampler(guidance, decoder_vae, recurrence, sampler, SamplerOptions(**options))
         extra_models = [decoder_vae.patcher] + guidance_patchers(guidance)
         if hasattr(model, "set_additional_models"):  # loads them in the same call as the UNet
             model = model.clone()
@@ -166,13 +177,13 @@ class UniversalGuidanceSampler:
                 "sampler": BASE,
                 "recurrence": RECURRENCE,
             },
-            "optional": SPEED_INPUTS,
+            "optional": SAMPLER_OPTIONS,
         }
 
-    def get_sampler(self, vae, guidance, sampler, recurrence, preset="custom", **speed):
+    def get_sampler(self, vae, guidance, sampler, recurrence, preset="custom", **options):
         # The sigmas come from outside this node, so a preset's steps are the scheduler's to set.
-        _, recurrence, speed = preset_levers(preset, None, recurrence, speed)
-        return (universal_guidance_sampler(guidance, vae, recurrence, sampler, SpeedOptions(**speed)),)
+        _, recurrence, options = preset_levers(preset, None, recurrence, options)
+        return (universal_guidance_sampler(guidance, vae, recurrence, sampler, SamplerOptions(**options)),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -8,6 +8,9 @@ Per step, k times (self-recurrence, eq. 10):
   3. base step from σ to σ' with x0' (DDIM, or DDPM-like when η > 0)
   4. unless it is the last pass, re-noise back to σ.
 
+The other methods of the training-free family (FreeDoM, MPGD, DPS, TFG) are other guided passes of the same loop
+(samplers/methods): each says where its steps go, and the loop takes `x' = base_step(x, x0) + shift`.
+
 A term with the "auto" schedule takes its gradient rescaled to the predicted noise's RMS, so that its w is a
 fraction of the noise rather than a number that depends on the loss and the model (`forward_guidance_scale`).
 
@@ -29,6 +32,7 @@ from tqdm.auto import trange
 
 from .autograd_safety import clone_saved_activations, is_inplace_autograd_error
 from .decoding import Decode
+from .methods import METHODS, GuidedPass
 from .pass_counts import PassCounts
 from .parameterization import NoiseScaling, alpha_bar, forward_guidance_scale, noise_coefficients
 from .precision import GuidancePrecision
@@ -142,23 +146,36 @@ class GuidedDenoiser:
         """x0 after forward guidance (unless `forward` is false), then backward guidance, by the active (term,
         bound loss) pairs."""
         scales = [(t, fn, forward_guidance_scale(t.schedule, t.weight, a, b)) for t, fn in active] if forward else []
-        weighted = [(t, fn, c) for t, fn, c in scales if c > 0]
+        x0, step = self.forward_step(x, sigma, scales, a, b)
+        x0 = x0 - step
+        deltas = [self.backward_delta_or_warn(x0, term, loss_fn) for term, loss_fn in active if term.backward_steps > 0]
+        deltas = [delta for delta in deltas if delta is not None]
+        return x0 + sum(deltas) if deltas else x0
+
+    def forward_step(self, x, sigma, weighted_losses, a: float, b: float):
+        """(the denoiser's x0, Σ c_i·g_i) for [(term, loss, c_i)]: g_i is ∇ₓℓ_i, through the denoiser or at x0 as
+        `gradient` says, or rescaled for auto terms; terms with c_i = 0 take no gradient."""
+        weighted = [(t, fn, c) for t, fn, c in weighted_losses if c > 0]
         if not weighted:
             x0 = self.model(x, sigma, **self.extra_args)
-        elif self.gradient == "x0_only":
+            return x0, torch.zeros_like(x0)
+        if self.gradient == "x0_only":
             x0 = self.model(x, sigma, **self.extra_args)
-            x0 = self.forward_guided_at_x0(x0, weighted, a, noise_rms(x, x0, a, b))
-        else:
-            x0 = self.forward_guided(x, sigma, weighted, a, b)
-        deltas = []
-        for term, loss_fn in active:
-            if term.backward_steps > 0:
-                delta = self.backward_delta(x0, term, loss_fn)
-                if delta is None:
-                    self.warn(term, "backward-guidance loss or gradient")
-                else:
-                    deltas.append(delta)
-        return x0 + sum(deltas) if deltas else x0
+            return x0, self.step_at_x0(x0, weighted, a, noise_rms(x, x0, a, b))
+        return self.step_through_unet(x, sigma, weighted, a, b)
+
+    def smoothed(self, noise: torch.Tensor) -> "GuidedDenoiser":
+        """This denoiser with every guidance loss read at x0 + noise (TFG's smoothing)."""
+        copy = object.__new__(GuidedDenoiser)
+        copy.__dict__.update(self.__dict__)
+        copy.decode = lambda x0: self.decode(x0 + noise)
+        return copy
+
+    def backward_delta_or_warn(self, x0, term: GuidanceTerm, loss_fn: BoundLoss):
+        delta = self.backward_delta(x0, term, loss_fn)
+        if delta is None:
+            self.warn(term, "backward-guidance loss or gradient")
+        return delta
 
     def _in_precision(self, compute: Callable[[bool], Any]) -> Any:
         """compute(reduced) under autocast when asked for; redone in full precision if it returns None then."""
@@ -227,11 +244,8 @@ class GuidedDenoiser:
             step = step + scale * rms_noise * grad / _rms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
         return step
 
-    def forward_guided(self, x, sigma, weighted_losses, a: float, b: float):
-        """Eq. 6: the denoiser's x0 minus Σ c_i·g_i, the gradient taken through the denoiser and decoder.
-
-        `weighted_losses` holds (term, loss, c_i) with c_i from `forward_guidance_scale`.
-        """
+    def step_through_unet(self, x, sigma, weighted_losses, a: float, b: float):
+        """Eq. 6's gradient, taken through the denoiser and decoder: (x0, Σ c_i·g_i)."""
 
         def compute(reduced: bool):
             x_in = x.detach().clone().requires_grad_(True)
@@ -239,12 +253,12 @@ class GuidedDenoiser:
                 x0 = self.model(x_in, sigma, **self.extra_args)
                 weighted = self._weighted_losses(self.decode(x0), weighted_losses, reduced)
             step = self._guidance_step(weighted, x_in, reduced, lambda g: g, noise_rms(x, x0.detach(), a, b))
-            return None if step is None else (x0.to(x.dtype) - step).detach()
+            return None if step is None else (x0.detach().to(x.dtype), step.detach())
 
         return self._in_precision(compute)
 
-    def forward_guided_at_x0(self, x0, weighted_losses, a: float, rms_noise: torch.Tensor):
-        """Eq. 6 without the denoiser's backward pass: g_i from ∇_{x0}ℓ_i / a (∂x0/∂x taken as I/a).
+    def step_at_x0(self, x0, weighted_losses, a: float, rms_noise: torch.Tensor):
+        """Eq. 6's step without the denoiser's backward pass: g_i from ∇_{x0}ℓ_i / a (∂x0/∂x taken as I/a).
 
         The gradient is confined to the update mask, as the denoiser's own mask would confine it.
         """
@@ -258,7 +272,7 @@ class GuidedDenoiser:
             with self.precision.autocast(reduced):
                 weighted = self._weighted_losses(self.decode(x0_in), weighted_losses, reduced)
             step = self._guidance_step(weighted, x0_in, reduced, project, rms_noise)
-            return None if step is None else (x0 - step).detach()
+            return None if step is None else step.detach()
 
         return self._in_precision(compute)
 
@@ -316,6 +330,8 @@ def sample_universal_guidance(
     gradient: str = "through_unet",
     autocast: str = "off",
     counts: PassCounts | None = None,
+    method: str = "ugd",
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
@@ -345,6 +361,8 @@ def sample_universal_guidance(
         autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
         counts: if given, counts the denoiser's and the guidance losses' passes as they run (the caller, who
             builds `decode` and the model, counts the decoder and the network inside the denoiser).
+        method: how a guided pass places its steps, one of `methods.METHODS` (ugd, the paper's, by default).
+        smoothing: TFG's γ̄, the loss read at x0 + γ̄·√(1 − ᾱ)·n (the tfg method only).
     """
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
@@ -356,6 +374,10 @@ def sample_universal_guidance(
         raise ValueError(f"backward_end must be in [0, 1], got {backward_end}.")
     if backward_recurrence < 0:
         raise ValueError(f"backward_recurrence must be at least 0 (0 = recurrence), got {backward_recurrence}.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown guidance method {method!r}: use one of {tuple(METHODS)}.")
+    if not (math.isfinite(smoothing) and smoothing >= 0):
+        raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing}.")
     if base not in BASE_STEPS:
         raise ValueError(f"Unknown base step {base!r}: use one of {BASE_STEPS}.")
     eta = (1.0 if base == "ddpm" else 0.0) if eta is None else eta
@@ -377,10 +399,12 @@ def sample_universal_guidance(
     guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved, gradient, precision)
     s_in = x.new_ones([x.shape[0]])
     steps = len(sigmas) - 1
+    coefficients = [noise_coefficients(noise_scaling, s) for s in sigmas]
+    alpha_steps = [alpha_bar(*coefficients[i]) / alpha_bar(*coefficients[i + 1]) for i in range(steps)]
+    guided_pass = METHODS[method]
     for i in trange(steps, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        a, b = noise_coefficients(noise_scaling, sigma)
-        a_next, b_next = noise_coefficients(noise_scaling, sigma_next)
+        (a, b), (a_next, b_next) = coefficients[i], coefficients[i + 1]
         guided_step = i % guidance_every == 0 and i / steps < guidance_end
         if guided_step:
             active = [(term, fn) for term, fn in bound if term.active_at(i, steps)]
@@ -397,10 +421,11 @@ def sample_universal_guidance(
         for r in range(passes):
             check_interrupt()
             if active:
-                x0 = guided(x, sigma * s_in, active, a, b, forward=guided_step)
+                x0, shift = guided_pass(GuidedPass(guided, x, sigma * s_in, active, a, b, a_next, b_next, guided_step,
+                                                   alpha_steps[i], sum(alpha_steps) / steps, smoothing, randn))
             else:
-                x0 = model(x, sigma * s_in, **extra_args)
-            x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None)
+                x0, shift = model(x, sigma * s_in, **extra_args), 0
+            x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None) + shift
             if r < passes - 1:
                 x = renoise(x_next, a_next, b_next, a, b, randn())
         x = x_next

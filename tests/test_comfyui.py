@@ -98,6 +98,29 @@ def test_reconstruction_guidance_ends_closer_to_the_reference_than_unguided(comf
     assert guided_error < 0.85 * unguided_error, (guided_error, unguided_error)
 
 
+@pytest.mark.parametrize("method, settings, sampler_settings", [
+    ("ugd", dict(backward_steps=10, backward_lr=0.5), {}),
+    ("freedom", dict(weight=0.5, backward_steps=0), dict(recurrence=2)),
+    ("mpgd", dict(backward_steps=5, backward_lr=1e5), {}),
+    ("dps", dict(weight=2000.0, backward_steps=0), dict(sampler="ddpm", steps=12)),
+    ("tfg", dict(weight=0.05, backward_steps=4, backward_lr=1e4), dict(smoothing=0.1)),
+])
+def test_each_method_runs_through_the_executor_towards_the_reference(comfy, reference_image, method, settings,
+                                                                      sampler_settings):
+    """Against the same sampler and method with a guidance of weight 0, which gives the same noise."""
+    filename, pixels = reference_image
+    graph = graphs.base_graph(batch=1)
+    no_op = graphs.clip_guidance(graph, node="11", weight=0.0)  # its CLIP model is node 5
+    guidance = graphs.reconstruction_guidance(graph, "6", graphs.load_image(graph, "12", filename), **settings)
+    sampler = {"recurrence": 1, "steps": 6, **sampler_settings, "method": method}
+    graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance, **sampler), method)
+    graphs.save(graph, "10", graphs.guided_sampler(graph, "9", no_op, **sampler), method + "_unguided")
+    result = run_ok(comfy, graph)
+    guided, unguided = images(comfy, result, "8"), images(comfy, result, "10")
+    assert np.isfinite(guided).all()
+    assert ((guided - pixels) ** 2).mean() < 0.9 * ((unguided - pixels) ** 2).mean()
+
+
 def test_zero_strength_guidance_matches_comfyuis_own_ddim(comfy):
     graph = graphs.base_graph(batch=1)
     graphs.save(graph, "8", graphs.guided_sampler(graph, "7", graphs.clip_guidance(graph, weight=0.0, backward_steps=0), recurrence=1), "zero_guided")

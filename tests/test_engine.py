@@ -67,8 +67,7 @@ def test_forward_guidance_equals_the_papers_eps_form(noise_scaling, sigma):
     paper_x0 = (z.detach() - math.sqrt(1 - ab) * eps_hat) / math.sqrt(ab)
 
     guided = term(TargetLoss(target), weight=w)
-    scale = forward_guidance_scale("paper", w, a, b)
-    ours = GuidedDenoiser(denoiser, decode, {}).forward_guided(x, sigma_vec, [(guided, loss_fn, scale)], a, b)
+    ours = GuidedDenoiser(denoiser, decode, {})(x, sigma_vec, [(guided, loss_fn)], a, b)
     torch.testing.assert_close(ours, paper_x0, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ours, denoiser(x, sigma_vec)), "the guidance must move x0"
 

@@ -1,0 +1,83 @@
+"""The training-free guidance family as pieces of one sampler loop: how one guided pass places its steps.
+
+TFG (Ye et al., NeurIPS 2024) writes DPS, FreeDoM, MPGD and UGD as points of one space: recurrence, variance
+guidance (a gradient step on x_t through the denoiser), mean guidance (gradient steps on x0, no denoiser
+backward), smoothing of the loss, and schedules of their sizes. Each module here is one method's pass, readable
+from top to bottom, with its paper's update rule: it returns the x0 that the base step takes and a shift added
+to the base step's result, `x' = base_step(x, x0) + shift`. UGD puts everything into x0 (and so into ε, which the
+base step recomputes from it); the others put it on x', as their papers do.
+
+Strengths keep the guidance nodes' inputs, read as each method's own: weight is UGD's w, FreeDoM's and TFG's ρ
+and DPS's ζ; backward_steps and backward_lr are mean guidance's N_iter and μ (plain gradient steps).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from ..terms import BoundLoss, GuidanceTerm
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidedPass:
+    """What one guided pass knows: x at σ, the active terms, and ComfyUI's coefficients at σ and at the next σ'.
+
+    `forward` is false on the steps where only backward (mean) guidance runs (the sampler's backward_end).
+    `alpha_step` is TFG's α_t = ᾱ(σ)/ᾱ(σ') for this step and `alpha_step_mean` its mean over the run's steps.
+    `randn` draws noise of x's shape from the run's generator.
+    """
+
+    guided: "GuidedDenoiser"  # noqa: F821 (universal_guidance.GuidedDenoiser)
+    x: torch.Tensor
+    sigma: torch.Tensor
+    active: Sequence[tuple[GuidanceTerm, BoundLoss]]
+    a: float
+    b: float
+    a_next: float
+    b_next: float
+    forward: bool
+    alpha_step: float
+    alpha_step_mean: float
+    smoothing: float
+    randn: Callable[[], torch.Tensor]
+
+    @property
+    def radius(self) -> float:
+        """√(a² + b²): x = radius·z, with z the DDPM latent of the papers' equations."""
+        return math.hypot(self.a, self.b)
+
+    @property
+    def radius_next(self) -> float:
+        return math.hypot(self.a_next, self.b_next)
+
+    def smoothed(self):
+        """The guided denoiser with the loss read at x0 + γ̄·√(1 − ᾱ)·n (TFG's smoothing, one draw per pass)."""
+        if self.smoothing == 0:
+            return self.guided
+        return self.guided.smoothed(self.smoothing * self.b / self.radius * self.randn())
+
+    def mean_guidance(self, guided, x0, lr: Callable[[GuidanceTerm], float]) -> torch.Tensor | int:
+        """Σ Δ0_i: each term's N_iter = backward_steps plain gradient steps on x0 of size lr(term) (none at 0)."""
+        deltas = [guided.backward_delta_or_warn(
+            x0, dataclasses.replace(term, optimizer="sgd", backward_lr=lr(term)), fn)
+            for term, fn in self.active if term.backward_steps > 0 and lr(term) > 0]
+        return sum(delta for delta in deltas if delta is not None)
+
+
+def raw(term: GuidanceTerm) -> GuidanceTerm:
+    """The term with its gradient taken as it is (the constant schedule's path, not auto's rescaling)."""
+    return dataclasses.replace(term, schedule="constant")
+
+
+def rescaled(term: GuidanceTerm) -> GuidanceTerm:
+    """The term with its gradient rescaled to RMS(ε̂) per sample (the auto schedule's path)."""
+    return dataclasses.replace(term, schedule="auto")
+
+
+from . import dps, freedom, mpgd, tfg, ugd  # noqa: E402  (the methods need GuidedPass)
+
+METHODS = {"ugd": ugd.guided_pass, "freedom": freedom.guided_pass, "mpgd": mpgd.guided_pass,
+           "dps": dps.guided_pass, "tfg": tfg.guided_pass}

@@ -1,0 +1,26 @@
+"""DPS (Chung et al., ICLR 2023): a step on x_{t−1} along the gradient of the residual's norm.
+
+    z_{t−1} = DDPM(z_t, x̂0) − ζ·∇_{z_t} ‖y − A(x̂0(z_t))‖
+
+(its official code: the norm, not the squared norm). With the pack's losses, ‖y − A(x̂0)‖ is √ℓ. No recurrence
+and no mean guidance in the paper (the sampler's recurrence 1 and sampler ddpm), so backward steps are unused.
+In x = √(a²+b²)·z the step is `ζ·√(a'²+b'²)·√(a²+b²)·∇ₓ√ℓ`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from . import raw
+
+
+def _root(fn):
+    return lambda image: fn(image).clamp_min(1e-12).sqrt()
+
+
+def guided_pass(p):
+    if not p.forward:
+        return p.guided.model(p.x, p.sigma, **p.guided.extra_args), 0
+    size = p.radius * p.radius_next
+    x0, step = p.guided.forward_step(p.x, p.sigma, [(raw(t), _root(fn), t.weight * size) for t, fn in p.active],
+                                     p.a, p.b)
+    return x0, -step

@@ -1,0 +1,22 @@
+"""FreeDoM (Yu et al., ICCV 2023): a gradient step on x_{t−1}, through the denoiser, sized to the noise.
+
+    z_{t−1} = DDIM(z_t, x̂0) − ρ_t·∇_{z_t} ℓ(x̂0(z_t)),
+    ρ_t = ρ·RMS(ε̂)·(√(1 − ᾱ_t)/√ᾱ_t)·c_t / RMS(∇_{z_t} ℓ),   c_t = √ᾱ_{t−1}·(1 − α_t)/(1 − ᾱ_t)
+
+(its pixel-model code, with 0.02 as ρ), with time travel (the sampler's recurrence) and no mean guidance, so
+backward steps are unused. In x = √(a²+b²)·z the step is RMS(ε̂)-rescaled, of size ρ·√(a'²+b'²)·(b/a)·c_t.
+"""
+from __future__ import annotations
+
+from . import rescaled
+
+
+def guided_pass(p):
+    if not p.forward:
+        return p.guided.model(p.x, p.sigma, **p.guided.extra_args), 0
+    alpha_bar, alpha_bar_next = (p.a / p.radius) ** 2, (p.a_next / p.radius_next) ** 2
+    c_t = alpha_bar_next ** 0.5 * (1 - alpha_bar / alpha_bar_next) / (1 - alpha_bar)
+    size = p.radius_next * (p.b / p.a) * c_t if p.a > 0 else 0.0
+    x0, step = p.guided.forward_step(p.x, p.sigma, [(rescaled(t), fn, t.weight * size) for t, fn in p.active],
+                                     p.a, p.b)
+    return x0, -step
