@@ -86,6 +86,10 @@ class Setting:
     backward_end: float = 0.0
     backward_recurrence: int = 0
     weight_scale: float = 1.0
+    strength: float | None = None  # None: each task's raw w, paper schedule; a number: the auto schedule's w, for all
+    method: str = "ugd"
+    method_strength: float | None = None  # the multiple m of `method_terms`; None: the task's own settings
+    smoothing: float = 0.0
     backward_steps: int | None = None
     guided: bool = True
     preset: str = "custom"
@@ -138,12 +142,18 @@ class Toy:
         with torch.inference_mode():
             return getattr(self.nodes[node](), function)(**inputs)
 
-    def guidance(self, task: str, task_targets: Sequence, weight: float, backward_steps: int) -> tuple:
+    def guidance(self, task: str, task_targets: Sequence, weight: float, backward_steps: int,
+                 strength: float | None = None, lr_scale: float = 1.0, mean_lr: float | None = None) -> tuple:
         """One guidance for the batch, sample i guided to target i: the segmentation, location and inpainting nodes
-        take a target per image themselves; Classifier Guidance takes one class, so its loss gets the batch's."""
+        take a target per image themselves; Classifier Guidance takes one class, so its loss gets the batch's.
+        `weight` and `lr_scale` scale each task's raw w and backward lr; with `strength`, every term takes the auto
+        schedule with that w instead; with `mean_lr`, a term's backward lr is its raw w times mean_lr."""
         def settings(task_name):
             w, lr = WEIGHTS[task_name]
-            return dict(weight=w * weight, schedule="paper", backward_steps=backward_steps, backward_lr=lr,
+            forward = dict(weight=w * weight, schedule="paper") if strength is None or weight == 0 else \
+                dict(weight=strength, schedule="auto")
+            return dict(**forward, backward_steps=backward_steps,
+                        backward_lr=lr * lr_scale if mean_lr is None else w * mean_lr,
                         optimizer="adam", start_percent=0.0, end_percent=1.0)
 
         if task == "segmentation":
@@ -165,9 +175,10 @@ class Toy:
             holes = 1 - torch.stack([torch.from_numpy(t.known()) for t in task_targets])
             return self.call("UGDImageReconstructionGuidance", "guide", image=images, mask=holes, **settings(task))[0]
         if task == "combination":
-            return (self.guidance("segmentation", [t.map for t in task_targets], weight, backward_steps)
+            return (self.guidance("segmentation", [t.map for t in task_targets], weight, backward_steps, strength,
+                                  lr_scale, mean_lr)
                     + self.guidance("classification", [targets.ClassTarget(t.class_name) for t in task_targets],
-                                    weight, backward_steps))
+                                    weight, backward_steps, strength, lr_scale, mean_lr))
         raise ValueError(f"unknown task {task!r}")
 
     def sample(self, model: str, task: str, task_targets: Sequence, setting: Setting, seed: int) -> torch.Tensor:
@@ -179,16 +190,20 @@ class Toy:
         if not setting.guided:
             samples = self.call("KSampler", "sample", sampler_name="euler", **common)[0]
         else:
-            backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
-            weight = 0.0 if task in BACKWARD_ONLY else MODEL_WEIGHT_SCALE[model]
-            guidance = self.guidance(task, task_targets, weight, backward_steps)
+            if setting.method_strength is None:
+                backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
+                weight = 0.0 if task in BACKWARD_ONLY else MODEL_WEIGHT_SCALE[model]
+                guidance = self.guidance(task, task_targets, weight, backward_steps, setting.strength)
+            else:
+                guidance = self.guidance(task, task_targets, **method_terms(task, setting.method, setting.method_strength))
             samples = self.call("UniversalGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler="ddim",
                                 recurrence=setting.recurrence, guidance_vae=cheap_vae if setting.cheap_decoder else vae,
                                 guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
                                 backward_end=setting.backward_end, backward_recurrence=setting.backward_recurrence,
                                 gradient=setting.gradient, weight_scale=setting.weight_scale,
                                 decode_resolution=setting.decode_resolution, preset=setting.preset,
-                                autocast=setting.autocast, **common)[0]
+                                autocast=setting.autocast, method=setting.method, smoothing=setting.smoothing,
+                                **common)[0]
         with torch.inference_mode():
             return vae.decode(samples["samples"]).movedim(-1, 1).clone()
 
@@ -212,6 +227,27 @@ class Toy:
         maps = [t.map for t in task_targets]
         classes = [targets.ClassTarget(t.class_name) for t in task_targets]
         return (self.score("segmentation", maps, images) + self.score("classification", classes, images)) / 2
+
+
+def method_terms(task: str, method: str, m: float) -> dict:
+    """`Toy.guidance`'s settings for a method at strength multiple m: its strengths are m times a reference, each
+    term's raw w (`WEIGHTS`) for every raw strength (UGD's w, DPS's ζ, TFG's ρ, MPGD's and TFG's μ) and 1 for
+    FreeDoM's ρ, which is sized to the noise. UGD keeps the paper's backward steps, with Adam's lr scaled by m
+    where it has no forward guidance (inpainting); MPGD and TFG take N_iter = 1 mean-guidance step; FreeDoM and
+    DPS have none."""
+    if method == "ugd":
+        if task in BACKWARD_ONLY:
+            return dict(weight=0.0, backward_steps=PAPER_BACKWARD_STEPS[task], lr_scale=m)
+        return dict(weight=m, backward_steps=PAPER_BACKWARD_STEPS[task])
+    if method == "freedom":
+        return dict(weight=1.0, backward_steps=0, strength=m)
+    if method == "dps":
+        return dict(weight=m, backward_steps=0)
+    if method == "mpgd":
+        return dict(weight=0.0, backward_steps=1, mean_lr=m)
+    if method == "tfg":
+        return dict(weight=m, backward_steps=1, mean_lr=m)
+    raise ValueError(f"unknown method {method!r}")
 
 
 def bootstrap_interval(scores: torch.Tensor, draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float]:
@@ -254,7 +290,30 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
     kid, kid_spread = evaluation.kid(features, torch.cat(images_all), real)
     return dict(model=model, task=task, setting=setting.name, mean=float(table.mean()), interval=bootstrap_interval(table),
                 samples=samples, denoising_error=float(torch.cat(errors).mean()), kid=kid, kid_spread=kid_spread,
-                sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict(), autocast=setting.autocast)
+                sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict(), autocast=setting.autocast,
+                scores=table.tolist())
+
+
+# The auto schedule's w (samplers/parameterization.py) at the balanced preset's levers, chosen on the tuning half
+# (bench/frontier/tuning.md, "Automatic strength"): one value for every task and model, and each task's own best.
+AUTO_STRENGTH = 0.7
+AUTO_STRENGTH_PER_TASK = {("eps", "segmentation"): 1.4, ("eps", "classification"): 0.7, ("eps", "location"): 1.0,
+                          ("eps", "combination"): 0.5, ("flow", "segmentation"): 1.0, ("flow", "classification"): 1.0,
+                          ("flow", "location"): 0.5, ("flow", "combination"): 0.7}
+
+
+def strength_settings(model: str, task: str) -> list[Setting]:
+    """At the balanced preset's levers: each task's raw w as the preset scales it, the shared auto w, and the task's
+    own best auto w when that differs."""
+    balanced = dataclasses.replace(preset_setting("balanced"), preset="custom")
+    rows = [dataclasses.replace(balanced, name="balanced levers, raw w"),
+            dataclasses.replace(balanced, name=f"balanced levers, auto w = {AUTO_STRENGTH:g}", weight_scale=1.0,
+                                strength=AUTO_STRENGTH)]
+    own = AUTO_STRENGTH_PER_TASK[model, task]
+    if own != AUTO_STRENGTH:
+        rows.append(dataclasses.replace(balanced, name=f"balanced levers, auto w = {own:g}", weight_scale=1.0,
+                                        strength=own))
+    return rows
 
 
 def combinations() -> list[Setting]:
@@ -267,17 +326,21 @@ def combinations() -> list[Setting]:
     ]
 
 
-ROW_GROUPS = ("all", "main", "sweep")
+ROW_GROUPS = ("all", "main", "sweep", "strength")
 
 
 def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS,
                 group: str = "all") -> list[tuple[str, str, Setting]]:
     """(model, task, setting): the main rows, unguided, paper mode and the presets on every task and model; then
     the sweep, the single levers and the combinations on segmentation with the ε and the flow model and on
-    location with the ε model. --quick: segmentation with the ε model only."""
+    location with the ε model. The strength group, not in all: the auto schedule against each task's raw w on the
+    tasks with forward guidance (inpainting has none). --quick: segmentation with the ε model only."""
     if quick:
         return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, preset_setting("fast"), Setting("k = 2", recurrence=2))]
     presets = [preset_setting(name) for name in PRESETS if name != "paper"]
+    if group == "strength":
+        return [(model, task, s) for model in models for task in tasks if task not in BACKWARD_ONLY
+                for s in strength_settings(model, task)]
     rows = []
     if group in ("all", "main"):
         rows += [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER, *presets)]
@@ -518,7 +581,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS, help="only these tasks' rows")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="only these models' rows")
     parser.add_argument("--rows", default="all", choices=ROW_GROUPS,
-                        help="main: unguided, paper mode and the presets everywhere; sweep: the levers and combinations")
+                        help="main: unguided, paper mode and the presets everywhere; sweep: the levers and combinations; "
+                             "strength: the auto schedule against raw w (not in all)")
     parser.add_argument("--output", default=os.path.join(PACK_DIR, "bench-output", "frontier"))
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --output's results and run the rest")
     parser.add_argument("--jobs", type=int, default=1,
