@@ -18,8 +18,8 @@ engine, at a mid-schedule step (t = 500), in inference mode as ComfyUI's executo
   prices a counted guided run with);
 - the levers: the guidance decoder (the full VAE, TAESD, the full VAE at half and quarter resolution: decode,
   CLIP loss and backward to the latent, and the cosine of each one's gradient to the full VAE's), gradient
-  checkpointing, the x0-only gradient (no UNet backward), both also with TAESD, and on CUDA bf16 and fp16
-  autocast. Guidance every N-th step needs no measurement: it divides the guided steps by N.
+  checkpointing, the x0-only gradient (no UNet backward), both also with TAESD, the gradient through the
+  unconditional branch only (half the UNet's backward under CFG), and on CUDA bf16 and fp16 autocast. Guidance every N-th step needs no measurement: it divides the guided steps by N.
 
 Peak memory is the peak resident memory (on CUDA also the peak allocated GPU memory) above what the process
 held just before the measurement, so weights are excluded. Each size and batch runs in its own process; one
@@ -56,7 +56,8 @@ PARTS = ("unguided", "unet", "vae", "clip", "segmentation",
          "decoder_vae", "decoder_taesd", "decoder_vae_half", "decoder_vae_quarter")
 # Forward passes alone, and TAESD's forward + backward, for the part costs that price a counted run.
 FORWARDS = ("vae_forward", "taesd", "taesd_forward", "clip_forward", "segmentation_forward")
-COMPOSITES = ("guided", "guided_checkpointing", "guided_x0_only", "guided_taesd", "guided_taesd_x0_only")
+COMPOSITES = ("guided", "guided_checkpointing", "guided_x0_only", "guided_unconditional", "guided_taesd",
+              "guided_taesd_x0_only")
 AUTOCAST = ("guided_bf16", "guided_fp16")
 LABELS = {
     "unguided": "unguided step", "guided": "guided step", "unet": "UNet fwd+bwd (CFG)", "vae": "VAE decoder fwd+bwd",
@@ -66,6 +67,7 @@ LABELS = {
     "decoder_vae": "decoder: full VAE", "decoder_taesd": "decoder: TAESD", "decoder_vae_half": "decoder: VAE at 1/2",
     "decoder_vae_quarter": "decoder: VAE at 1/4",
     "guided_checkpointing": "guided step, checkpointing", "guided_x0_only": "guided step, x0_only",
+    "guided_unconditional": "guided step, unconditional branch",
     "guided_taesd": "guided step, TAESD", "guided_taesd_x0_only": "guided step, TAESD + x0_only",
     "guided_bf16": "guided step, bf16 autocast", "guided_fp16": "guided step, fp16 autocast",
 }
@@ -287,6 +289,8 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
             "guided": guided_step(exact),
             "guided_checkpointing": guided_step(exact, pack.comfy_host.checkpoint_blocks(base_model, built["vae"])),
             "guided_x0_only": guided_step(denoiser(decode, gradient="x0_only")),
+            "guided_unconditional": guided_step(denoiser(
+                decode, gradient="unconditional", unconditional=pack.comfy_host.unconditional_branches(model, extra_args))),
             "guided_taesd": guided_step(denoiser(decode_taesd)),
             "guided_taesd_x0_only": guided_step(denoiser(decode_taesd, gradient="x0_only")),
             "guided_bf16": guided_step(denoiser(decode, precision=pack.GuidancePrecision("bf16", device_type))),
@@ -324,7 +328,7 @@ def agreement(torch, outputs: dict) -> dict:
                 result[name] = _cosine(torch, outputs[name], outputs["decoder_vae"])
     if "guided" in outputs and "unguided" in outputs:
         exact = outputs["guided"] - outputs["unguided"]  # the DDIM step is linear in x0: this is the x0 update, scaled
-        for name in ("guided_checkpointing", "guided_x0_only", "guided_bf16", "guided_fp16"):
+        for name in ("guided_checkpointing", "guided_x0_only", "guided_unconditional", "guided_bf16", "guided_fp16"):
             if name in outputs:
                 result[name] = _cosine(torch, outputs[name] - outputs["unguided"], exact)
         if "guided_checkpointing" in outputs:
@@ -530,7 +534,8 @@ def tables(all_results: dict, args) -> tuple[str, list[str]]:
                 f"{cosines[name]:.3f}" if name in cosines else "n/a")
             levers.append(f"| {size} | {batch} | {LABELS[name]} (decode + backward, CLIP loss) | {_cell(results, name)} "
                           f"| {_ratio(decode_cost[name], decode_cost['decoder_vae'])} | {_ratio(_peak(results, name), _peak(results, 'decoder_vae'))} | {cosine} |")
-        for name in ("guided_checkpointing", "guided_x0_only", "guided_taesd", "guided_taesd_x0_only") + (AUTOCAST if args.with_autocast else ()):
+        for name in ("guided_checkpointing", "guided_x0_only", "guided_unconditional", "guided_taesd",
+                     "guided_taesd_x0_only") + (AUTOCAST if args.with_autocast else ()):
             reference = "guided_taesd" if name == "guided_taesd_x0_only" else "guided"
             cosine = "n/a"
             if name in cosines:

@@ -1,7 +1,7 @@
 """Quality against cost on the toy world's held-out targets: every setting's score, realism and counted cost.
 
     bash bench/toy-world-frontier [--half report] [--quick] [--targets 16] [--seeds 2] [--tasks …] [--models …]
-                                  [--rows all|main|sweep] [--jobs 2] [--autocast bf16] [--resume]
+                                  [--rows all|main|sweep|strength] [--jobs 2] [--autocast bf16] [--resume]
                                   [--replot results_report.json …]
 
 A row is one setting of the sampler's levers (`Setting`) for one task and one toy model (ε, and the flow twin on

@@ -121,7 +121,10 @@ def main(argv=None) -> dict:
                       f"{(time.time() - started) / 60:.1f} min", flush=True)
                 with open(path, "w") as f:
                     json.dump(results, f, indent=1)
-    print(markdown(results))
+    text = markdown(results) + "\n\n" + summary(results)
+    with open(path.replace(".json", ".md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
     return results
 
 
@@ -144,6 +147,31 @@ def markdown(results: dict) -> str:
             lines.append(f"| {model} | {task} | {r['method']} | {r['m']:.3g} | {rep['mean']:.3f} "
                          f"({rep['interval'][0]:.3f}–{rep['interval'][1]:.3f}) | {rep['kid']:.0f} | "
                          f"{rep['sd15_cost']:.2f}× | {margin} |")
+    return "\n".join(lines)
+
+
+def summary(results: dict) -> str:
+    """One line per task and model: each method's report-half score and cost, and the best one's margin over UGD."""
+    methods = [m for m in METHODS if any(r["method"] == m for r in results.values())]
+    lines = ["| model | task | " + " | ".join(methods) + " | best | best − UGD (95%) |",
+             "|---|---|" + "---|" * (len(methods) + 2)]
+    groups = {}
+    for row in results.values():
+        groups.setdefault((row["model"], row["task"]), {})[row["method"]] = row
+    for (model, task), rows in groups.items():
+        def cell(m):
+            if m not in rows:
+                return "–"
+            rep = rows[m]["report"]
+            return f"{rep['mean']:.3f} ({rep['sd15_cost']:.2f}×)" if math.isfinite(rep["mean"]) else "not finite"
+        finite = {m: r for m, r in rows.items() if math.isfinite(r["report"]["mean"])}
+        best = max(finite, key=lambda m: finite[m]["report"]["mean"])
+        margin = "–"
+        if best != "ugd" and "ugd" in rows:
+            diff = torch.tensor(rows[best]["scores"]) - torch.tensor(rows["ugd"]["scores"])
+            low, high = frontier.bootstrap_interval(diff)
+            margin = f"{float(diff.mean()):+.3f} ({low:+.3f} to {high:+.3f})"
+        lines.append(f"| {model} | {task} | " + " | ".join(cell(m) for m in methods) + f" | {best} | {margin} |")
     return "\n".join(lines)
 
 

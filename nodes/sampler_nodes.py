@@ -32,7 +32,11 @@ SAMPLER_OPTIONS = {
     "gradient": (list(GRADIENT_PATHS), {"default": "through_unet",
                                         "tooltip": "through_unet: the paper's gradient, back through the UNet. x0_only: "
                                                    "the gradient at the predicted clean latent, no UNet backward "
-                                                   "(MPGD's shortcut): cheaper and lighter, an approximation."}),
+                                                   "(MPGD's shortcut): cheaper and lighter, an approximation. "
+                                                   "unconditional: the loss on the negative prompt's prediction, its "
+                                                   "gradient through that branch only and CFG added after it (the "
+                                                   "reference's object-location sampler): half the UNet backward "
+                                                   "under CFG."}),
     "decode_resolution": (list(DECODE_RESOLUTIONS), {"default": "full",
                                                      "tooltip": "Decode for the guidance loss at full, half or quarter "
                                                                 "resolution: the decoder costs 4× or 16× less, the "

@@ -29,12 +29,13 @@ class PassCounts:
         self.forward = dict.fromkeys(PARTS, 0.0)
         self.backward = dict.fromkeys(PARTS, 0.0)
 
-    def add(self, part: str, output: torch.Tensor, images: float) -> torch.Tensor:
-        """Count `images` forward through `part`, and as many backward once a gradient reaches `output`."""
+    def add(self, part: str, output: torch.Tensor, images: float, backward_images: float | None = None) -> torch.Tensor:
+        """Count `images` forward through `part`, and as many backward (or `backward_images`, for an output that
+        only part of the pass reaches) once a gradient reaches `output`."""
         self.forward[part] += images
         if output.requires_grad:
             def count_backward(grad):
-                self.backward[part] += images
+                self.backward[part] += images if backward_images is None else backward_images
                 return grad
 
             output.register_hook(count_backward)

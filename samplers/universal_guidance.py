@@ -41,7 +41,7 @@ from .terms import BoundLoss, GuidanceTerm
 log = logging.getLogger(__name__)
 
 BASE_STEPS = ("ddim", "ddpm")
-GRADIENT_PATHS = ("through_unet", "x0_only")
+GRADIENT_PATHS = ("through_unet", "x0_only", "unconditional")
 _RECURRENCE_SEED_SALT = 0x9E3779B97F4A7C15  # keeps re-noising noise apart from the initial noise of the same seed
 
 
@@ -127,15 +127,21 @@ class GuidedDenoiser:
         update_mask: 1 where guidance may change x0 directly (backward guidance, x0-only forward guidance),
             0 where it must not.
         clone_saved: clone saved activations from the start (see `clone_saved_activations`).
-        gradient: "through_unet" (eq. 6 exactly) or "x0_only" (no backward pass through the denoiser).
+        gradient: "through_unet" (eq. 6 exactly), "x0_only" (no backward pass through the denoiser), or
+            "unconditional" (the loss on the unconditional x0, its gradient through that branch only).
         precision: autocast and loss scaling of the guided passes; full precision by default.
+        unconditional: for "unconditional", `(x, σ) -> (x0 with CFG, the unconditional branch's x0)`, from the host.
     """
 
     def __init__(self, model, decode: Decode, extra_args: dict, check_interrupt=lambda: None,
                  update_mask: torch.Tensor | None = None, clone_saved: bool = False,
-                 gradient: str = "through_unet", precision: GuidancePrecision | None = None):
+                 gradient: str = "through_unet", precision: GuidancePrecision | None = None,
+                 unconditional: Callable | None = None):
         if gradient not in GRADIENT_PATHS:
             raise ValueError(f"Unknown gradient path {gradient!r}: use one of {GRADIENT_PATHS}.")
+        if gradient == "unconditional" and unconditional is None:
+            raise ValueError("The gradient path 'unconditional' needs the host's two-branch denoiser.")
+        self.unconditional = unconditional
         self.model, self.decode, self.extra_args = model, decode, extra_args
         self.check_interrupt, self.update_mask = check_interrupt, update_mask
         self.gradient, self.precision = gradient, precision or GuidancePrecision()
@@ -245,13 +251,18 @@ class GuidedDenoiser:
         return step
 
     def step_through_unet(self, x, sigma, weighted_losses, a: float, b: float):
-        """Eq. 6's gradient, taken through the denoiser and decoder: (x0, Σ c_i·g_i)."""
+        """Eq. 6's gradient, taken through the denoiser and decoder: (x0, Σ c_i·g_i). With the "unconditional"
+        path the loss reads the unconditional branch's x0 and the CFG term is added after the gradient, as the
+        reference's object-location sampler does: `x0' = x0_cfg − c·∇ₓℓ(x0_uncond(x))`."""
 
         def compute(reduced: bool):
             x_in = x.detach().clone().requires_grad_(True)
             with self.precision.autocast(reduced):
-                x0 = self.model(x_in, sigma, **self.extra_args)
-                weighted = self._weighted_losses(self.decode(x0), weighted_losses, reduced)
+                if self.gradient == "unconditional":
+                    x0, guided_x0 = self.unconditional(x_in, sigma)
+                else:
+                    x0 = guided_x0 = self.model(x_in, sigma, **self.extra_args)
+                weighted = self._weighted_losses(self.decode(guided_x0), weighted_losses, reduced)
             step = self._guidance_step(weighted, x_in, reduced, lambda g: g, noise_rms(x, x0.detach(), a, b))
             return None if step is None else (x0.detach().to(x.dtype), step.detach())
 
@@ -305,6 +316,17 @@ class GuidedDenoiser:
         return None if result is non_finite else result
 
 
+def _counted_branches(counts: PassCounts, branches: Callable) -> Callable:
+    """The two-branch denoiser, counted as one denoiser pass forward and half of one backward (one CFG branch)."""
+
+    def call(x, sigma):
+        x0, unconditional_x0 = branches(x, sigma)
+        counts.add("denoiser", x0.detach(), x.shape[0])
+        return x0, counts.add("denoiser", unconditional_x0, 0.0, backward_images=x.shape[0] / 2)
+
+    return call
+
+
 def sample_universal_guidance(
     model,
     x: torch.Tensor,
@@ -332,6 +354,7 @@ def sample_universal_guidance(
     counts: PassCounts | None = None,
     method: str = "ugd",
     smoothing: float = 0.0,
+    unconditional: Callable | None = None,
 ) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
@@ -357,12 +380,15 @@ def sample_universal_guidance(
         backward_recurrence: k instead of `recurrence` on the steps where a term with backward steps is active,
             the guided ones and backward_end's (0 = recurrence on the guided steps, one pass on backward_end's):
             each of their passes costs m more decoder passes.
-        gradient: "through_unet" (eq. 6) or "x0_only" (forward guidance without the denoiser's backward).
+        gradient: "through_unet" (eq. 6), "x0_only" (forward guidance without the denoiser's backward), or
+            "unconditional" (the gradient through the unconditional branch only, the CFG term added after it).
         autocast: "off", "bf16" or "fp16": the precision of the guided passes (see `GuidancePrecision`).
         counts: if given, counts the denoiser's and the guidance losses' passes as they run (the caller, who
             builds `decode` and the model, counts the decoder and the network inside the denoiser).
         method: how a guided pass places its steps, one of `methods.METHODS` (ugd, the paper's, by default).
         smoothing: TFG's γ̄, the loss read at x0 + γ̄·√(1 − ᾱ)·n (the tfg method only).
+        unconditional: for gradient "unconditional", `(x, σ) -> (x0 with CFG, the unconditional x0)`, from the
+            host, which alone can run the branches apart.
     """
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
@@ -395,8 +421,10 @@ def sample_universal_guidance(
     if counts is not None:
         model = counts.counted("denoiser", model)
         bound = [(term, counts.counted("guidance_network", fn)) for term, fn in bound]
+        unconditional = unconditional and _counted_branches(counts, unconditional)
     precision = GuidancePrecision(autocast, x.device.type)
-    guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved, gradient, precision)
+    guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved, gradient, precision,
+                            unconditional)
     s_in = x.new_ones([x.shape[0]])
     steps = len(sigmas) - 1
     coefficients = [noise_coefficients(noise_scaling, s) for s in sigmas]

@@ -28,10 +28,10 @@ def toy(comfy):
                 guidance=guidance)
 
 
-def guided(comfy, toy, cfg=1.0, **speed):
+def guided(comfy, toy, cfg=1.0, steps=STEPS, recurrence=2, **speed):
     with torch.inference_mode():
         (out,) = node(comfy, "UniversalGuidedKSampler").sample(
-            seed=SEED, steps=STEPS, cfg=cfg, sampler="ddim", scheduler="normal", denoise=1.0, recurrence=2,
+            seed=SEED, steps=steps, cfg=cfg, sampler="ddim", scheduler="normal", denoise=1.0, recurrence=recurrence,
             **toy, **speed)
     return out["samples"]
 
@@ -157,3 +157,26 @@ def test_a_guided_run_counts_the_unet_with_its_cfg_batch_and_the_decoder_at_its_
     decodes = samples * guided_passes * (1 + SETTINGS["backward_steps"])  # forward guidance, then each backward step
     assert counts.forward["decoder"] == counts.backward["decoder"] == decodes / 4  # a quarter of the area
     assert counts.forward["guidance_network"] == counts.backward["guidance_network"] == decodes
+
+
+def test_the_unconditional_gradient_halves_the_unets_backward_and_matches_when_the_branches_agree(comfy, toy):
+    """The toy's prompt and negative prompt are the same, so at cfg 2 the CFG batch has two equal branches: the
+    gradient through the unconditional one alone is the full one, and its backward covers half the batch. (Two
+    steps: w = 100 at the first σ amplifies the branches' float differences, which later steps would compound.)"""
+    recording = comfy.pack_module("samplers.pass_counts").recording
+    runs = {}
+    for gradient in ("through_unet", "unconditional"):
+        with recording() as counts:
+            samples = guided(comfy, toy, cfg=2.0, steps=2, gradient=gradient)
+        runs[gradient] = samples, counts
+    (full, full_counts), (half, half_counts) = runs["through_unet"], runs["unconditional"]
+    assert (half - full).abs().max() < 1e-3 * full.abs().mean()
+    assert half_counts.forward["unet"] == full_counts.forward["unet"]
+    assert half_counts.backward["unet"] == full_counts.backward["unet"] / 2 > 0
+    assert half_counts.backward["denoiser"] == full_counts.backward["denoiser"] / 2
+
+
+def test_the_unconditional_gradient_at_cfg_1_is_the_full_one(comfy, toy):
+    """ComfyUI runs no negative branch at cfg 1; the gradient is then the one branch's, as through_unet's."""
+    torch.testing.assert_close(guided(comfy, toy, steps=3, gradient="unconditional"), guided(comfy, toy, steps=3),
+                               rtol=1e-5, atol=1e-5)

@@ -4,7 +4,8 @@
 
 (its official code: the norm, not the squared norm). With the pack's losses, ‖y − A(x̂0)‖ is √ℓ. No recurrence
 and no mean guidance in the paper (the sampler's recurrence 1 and sampler ddpm), so backward steps are unused.
-In x = √(a²+b²)·z the step is `ζ·√(a'²+b'²)·√(a²+b²)·∇ₓ√ℓ`.
+In x = √(a²+b²)·z the step is `ζ·√(a'²+b'²)·√(a²+b²)·∇ₓ√ℓ`, and none at a flow model's pure-noise level (a = 0),
+where x holds no x0 and the x0_only gradient ∇_{x0}/a has no value.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _root(fn):
 def guided_pass(p):
     if not p.forward:
         return p.guided.model(p.x, p.sigma, **p.guided.extra_args), 0
-    size = p.radius * p.radius_next
+    size = p.radius * p.radius_next if p.a > 0 else 0.0
     x0, step = p.guided.forward_step(p.x, p.sigma, [(raw(t), _root(fn), t.weight * size) for t, fn in p.active],
                                      p.a, p.b)
     return x0, -step
