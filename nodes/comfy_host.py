@@ -18,9 +18,9 @@ import comfy.samplers
 from ..samplers.autograd_safety import make_autograd_safe
 from ..samplers.checkpointing import checkpointed, outermost_blocks
 from ..samplers.decoding import DECODE_RESOLUTIONS, at_reduced_resolution
+from ..samplers.methods import METHODS
 from ..samplers.pass_counts import PassCounts, report
 from ..samplers.precision import AUTOCAST_DTYPES
-from ..samplers.methods import METHODS
 from ..samplers.universal_guidance import GRADIENT_PATHS, sample_universal_guidance
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ def counting_unet(extra_args: dict, counts: PassCounts) -> dict:
 
 
 def _rows(args: dict, which: int):
-    """The slice of a UNet call's batch that belongs to `which` (0 = the prompt's rows, 1 = the negative's), or
-    None if the call's inputs cannot be sliced (ControlNet's outputs, or a tensor of another batch size)."""
+    """(row indices, the call's arguments) of the part of a UNet call's batch that belongs to `which` (0 = the
+    prompt's rows, 1 = the negative's), or None if the call's inputs cannot be sliced (ControlNet's outputs, or a
+    tensor of another batch size)."""
     chunks, x = args["cond_or_uncond"], args["input"]
     total, per = x.shape[0], x.shape[0] // len(args["cond_or_uncond"])
     index = torch.tensor([i * per + j for i, kind in enumerate(chunks) if kind == which for j in range(per)],
@@ -222,7 +223,7 @@ def unconditional_branches(model, extra_args: dict):
     def branches(x, sigma):
         branches_run.clear()
         x0 = model(x, sigma, **branch_args)
-        return x0, captured.pop()
+        return x0, captured.pop() if captured else x0  # a guider without CFG calls no post-CFG hook
 
     return branches
 

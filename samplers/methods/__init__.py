@@ -77,7 +77,7 @@ def rescaled(term: GuidanceTerm) -> GuidanceTerm:
     return dataclasses.replace(term, schedule="auto")
 
 
-from . import dps, freedom, mpgd, tfg, ugd  # noqa: E402  (the methods need GuidedPass)
+from . import dps, freedom, mpgd, tfg, ugd  # noqa: E402  (they import raw and rescaled from here)
 
 METHODS = {"ugd": ugd.guided_pass, "freedom": freedom.guided_pass, "mpgd": mpgd.guided_pass,
            "dps": dps.guided_pass, "tfg": tfg.guided_pass}
