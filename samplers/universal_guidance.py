@@ -429,6 +429,7 @@ def sample_universal_guidance(
     steps = len(sigmas) - 1
     coefficients = [noise_coefficients(noise_scaling, s) for s in sigmas]
     alpha_steps = [alpha_bar(*coefficients[i]) / alpha_bar(*coefficients[i + 1]) for i in range(steps)]
+    alpha_step_mean = sum(alpha_steps) / steps
     guided_pass = METHODS[method]
     for i in trange(steps, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -450,7 +451,7 @@ def sample_universal_guidance(
             check_interrupt()
             if active:
                 x0, shift = guided_pass(GuidedPass(guided, x, sigma * s_in, active, a, b, a_next, b_next, guided_step,
-                                                   alpha_steps[i], sum(alpha_steps) / steps, smoothing, randn))
+                                                   alpha_steps[i], alpha_step_mean, smoothing, randn))
             else:
                 x0, shift = model(x, sigma * s_in, **extra_args), 0
             x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None) + shift

@@ -53,6 +53,10 @@ class GuidedPass:
     def radius_next(self) -> float:
         return math.hypot(self.a_next, self.b_next)
 
+    def denoised(self) -> torch.Tensor:
+        """The denoiser's own x0, without guidance."""
+        return self.guided.model(self.x, self.sigma, **self.guided.extra_args)
+
     def smoothed(self):
         """The guided denoiser with the loss read at x0 + γ̄·√(1 − ᾱ)·n (TFG's smoothing, one draw per pass)."""
         if self.smoothing == 0:

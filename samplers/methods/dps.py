@@ -20,7 +20,7 @@ def _root(fn):
 
 def guided_pass(p):
     if not p.forward:
-        return p.guided.model(p.x, p.sigma, **p.guided.extra_args), 0
+        return p.denoised(), 0
     size = p.radius * p.radius_next if p.a > 0 else 0.0
     x0, step = p.guided.forward_step(p.x, p.sigma, [(raw(t), _root(fn), t.weight * size) for t, fn in p.active],
                                      p.a, p.b)

@@ -8,14 +8,14 @@ backward steps are unused. In x = √(a²+b²)·z the step is RMS(ε̂)-rescaled
 """
 from __future__ import annotations
 
+from ..parameterization import alpha_bar
 from . import rescaled
 
 
 def guided_pass(p):
     if not p.forward:
-        return p.guided.model(p.x, p.sigma, **p.guided.extra_args), 0
-    alpha_bar, alpha_bar_next = (p.a / p.radius) ** 2, (p.a_next / p.radius_next) ** 2
-    c_t = alpha_bar_next ** 0.5 * (1 - alpha_bar / alpha_bar_next) / (1 - alpha_bar)
+        return p.denoised(), 0
+    c_t = alpha_bar(p.a_next, p.b_next) ** 0.5 * (1 - p.alpha_step) / (1 - alpha_bar(p.a, p.b))
     size = p.radius_next * (p.b / p.a) * c_t if p.a > 0 else 0.0
     x0, step = p.guided.forward_step(p.x, p.sigma, [(rescaled(t), fn, t.weight * size) for t, fn in p.active],
                                      p.a, p.b)

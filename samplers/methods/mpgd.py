@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 def guided_pass(p):
-    x0 = p.guided.model(p.x, p.sigma, **p.guided.extra_args)
+    x0 = p.denoised()
     over_sqrt_alpha_bar = p.radius / p.a if p.a > 0 else 0.0
     delta = p.mean_guidance(p.guided, x0, lambda term: term.backward_lr * over_sqrt_alpha_bar)
     return x0, p.a_next * delta
