@@ -18,7 +18,7 @@ import comfy.samplers
 from ..samplers.autograd_safety import make_autograd_safe
 from ..samplers.checkpointing import checkpointed, outermost_blocks
 from ..samplers.decoding import DECODE_RESOLUTIONS, at_reduced_resolution
-from ..samplers.methods import METHODS
+from ..samplers.methods import METHODS, tfg
 from ..samplers.pass_counts import PassCounts, report
 from ..samplers.precision import AUTOCAST_DTYPES
 from ..samplers.universal_guidance import GRADIENT_PATHS, sample_universal_guidance
@@ -34,7 +34,8 @@ class SamplerOptions:
     """The sampler's options beside k and the base step: the guidance method, and the speed and memory levers; the
     defaults are the paper's exact method.
 
-    method: how a guided pass places its steps (samplers/methods); smoothing: TFG's γ̄.
+    method: how a guided pass places its steps (samplers/methods); smoothing: TFG's γ̄; rho_schedule,
+    mu_schedule, smoothing_schedule: TFG's schedules (samplers/methods/tfg.py).
     guidance_every: guide every N-th step only. guidance_end: guide the first fraction of the steps only.
     backward_end: the steps that those two leave plain, in the first fraction of the steps, take backward guidance.
     backward_recurrence: k on the steps with backward guidance, guided or backward_end's (0 = the sampler's
@@ -56,6 +57,9 @@ class SamplerOptions:
     autocast: str = "off"
     method: str = "ugd"
     smoothing: float = 0.0
+    rho_schedule: str = "increase"
+    mu_schedule: str = "increase"
+    smoothing_schedule: str = "decrease"
 
     def __post_init__(self):
         if self.guidance_every < 1:
@@ -68,8 +72,7 @@ class SamplerOptions:
             raise ValueError(f"backward_recurrence must be at least 0 (0 = recurrence), got {self.backward_recurrence}.")
         if not 0.0 <= self.weight_scale < float("inf"):
             raise ValueError(f"weight_scale must be a finite number >= 0, got {self.weight_scale}.")
-        if not 0.0 <= self.smoothing < float("inf"):
-            raise ValueError(f"smoothing must be a finite number >= 0, got {self.smoothing}.")
+        tfg.Settings(self.smoothing, self.rho_schedule, self.mu_schedule, self.smoothing_schedule)
         for name, value, choices in (("method", self.method, tuple(METHODS)),
                                      ("gradient", self.gradient, GRADIENT_PATHS),
                                      ("decode_resolution", self.decode_resolution, tuple(DECODE_RESOLUTIONS)),
@@ -288,6 +291,9 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                 counts=counts,
                 method=options.method,
                 smoothing=options.smoothing,
+                rho_schedule=options.rho_schedule,
+                mu_schedule=options.mu_schedule,
+                smoothing_schedule=options.smoothing_schedule,
                 unconditional=unconditional_branches(model, extra_args) if options.gradient == "unconditional" else None,
             )
     except torch.OutOfMemoryError:

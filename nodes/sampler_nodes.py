@@ -11,7 +11,7 @@ import latent_preview
 
 from ..samplers.decoding import DECODE_RESOLUTIONS
 from ..samplers.precision import AUTOCAST_DTYPES
-from ..samplers.methods import METHODS
+from ..samplers.methods import METHODS, tfg
 from ..samplers.presets import PRESETS
 from ..samplers.universal_guidance import BASE_STEPS, GRADIENT_PATHS
 from .comfy_host import SamplerOptions, check_guidance, guidance_patchers, universal_guidance_sampler
@@ -80,7 +80,15 @@ SAMPLER_OPTIONS = {
          "tfg: TFG's variance (weight = ρ) and mean guidance (backward_steps, backward_lr = μ) with smoothing.",
          "Mean guidance takes plain gradient steps: the guidance's optimizer is not used."])}),
     "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                            "tooltip": "tfg only: γ̄, the loss is read at x0 plus noise of γ̄·√(1−ᾱ_t) (0 = off)."}),
+                            "tooltip": "tfg only: γ̄, the loss is read at x0 plus noise of γ̄·√(1−ᾱ_t) (0 = off); "
+                                       "smoothing_schedule constant makes it γ̄."}),
+    "rho_schedule": (list(tfg.SCHEDULES), {"default": "increase", "tooltip":
+                     "tfg only: ρ_t over the steps, 1 on average: ∝ α_t (increase, TFG's default), 1 − α_t "
+                     "(decrease, strongest early) or constant."}),
+    "mu_schedule": (list(tfg.SCHEDULES), {"default": "increase", "tooltip":
+                    "tfg only: μ_t (the mean guidance's backward_lr) over the steps, as rho_schedule."}),
+    "smoothing_schedule": (list(tfg.SMOOTHING_SCHEDULES), {"default": "decrease", "tooltip":
+                           "tfg only: the smoothing noise γ̄·√(1−ᾱ_t) (decrease, TFG's default) or γ̄ (constant)."}),
 }
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import trange
 
 from .autograd_safety import clone_saved_activations, is_inplace_autograd_error
 from .decoding import Decode
-from .methods import METHODS, GuidedPass
+from .methods import METHODS, GuidedPass, tfg
 from .pass_counts import PassCounts
 from .parameterization import NoiseScaling, alpha_bar, forward_guidance_scale, noise_coefficients
 from .precision import GuidancePrecision
@@ -354,6 +354,9 @@ def sample_universal_guidance(
     counts: PassCounts | None = None,
     method: str = "ugd",
     smoothing: float = 0.0,
+    rho_schedule: str = "increase",
+    mu_schedule: str = "increase",
+    smoothing_schedule: str = "decrease",
     unconditional: Callable | None = None,
 ) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
@@ -387,6 +390,8 @@ def sample_universal_guidance(
             builds `decode` and the model, counts the decoder and the network inside the denoiser).
         method: how a guided pass places its steps, one of `methods.METHODS` (ugd, the paper's, by default).
         smoothing: TFG's γ̄, the loss read at x0 + γ̄·√(1 − ᾱ)·n (the tfg method only).
+        rho_schedule, mu_schedule, smoothing_schedule: TFG's schedules of ρ_t, μ_t and γ_t over the steps
+            (`methods.tfg`; the tfg method only).
         unconditional: for gradient "unconditional", `(x, σ) -> (x0 with CFG, the unconditional x0)`, from the
             host, which alone can run the branches apart.
     """
@@ -402,8 +407,7 @@ def sample_universal_guidance(
         raise ValueError(f"backward_recurrence must be at least 0 (0 = recurrence), got {backward_recurrence}.")
     if method not in METHODS:
         raise ValueError(f"Unknown guidance method {method!r}: use one of {tuple(METHODS)}.")
-    if not (math.isfinite(smoothing) and smoothing >= 0):
-        raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing}.")
+    tfg_settings = tfg.Settings(smoothing, rho_schedule, mu_schedule, smoothing_schedule)
     if base not in BASE_STEPS:
         raise ValueError(f"Unknown base step {base!r}: use one of {BASE_STEPS}.")
     eta = (1.0 if base == "ddpm" else 0.0) if eta is None else eta
@@ -429,7 +433,6 @@ def sample_universal_guidance(
     steps = len(sigmas) - 1
     coefficients = [noise_coefficients(noise_scaling, s) for s in sigmas]
     alpha_steps = [alpha_bar(*coefficients[i]) / alpha_bar(*coefficients[i + 1]) for i in range(steps)]
-    alpha_step_mean = sum(alpha_steps) / steps
     guided_pass = METHODS[method]
     for i in trange(steps, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -451,7 +454,7 @@ def sample_universal_guidance(
             check_interrupt()
             if active:
                 x0, shift = guided_pass(GuidedPass(guided, x, sigma * s_in, active, a, b, a_next, b_next, guided_step,
-                                                   alpha_steps[i], alpha_step_mean, smoothing, randn))
+                                                   alpha_steps, i, tfg_settings, randn))
             else:
                 x0, shift = model(x, sigma * s_in, **extra_args), 0
             x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None) + shift

@@ -104,6 +104,8 @@ def test_reconstruction_guidance_ends_closer_to_the_reference_than_unguided(comf
     ("mpgd", dict(backward_steps=5, backward_lr=1e5), {}),
     ("dps", dict(weight=2000.0, backward_steps=0), dict(sampler="ddpm", steps=12)),
     ("tfg", dict(weight=0.05, backward_steps=4, backward_lr=1e4), dict(smoothing=0.1)),
+    ("tfg", dict(weight=0.05, backward_steps=4, backward_lr=1e4),
+     dict(smoothing=0.1, rho_schedule="decrease", mu_schedule="constant", smoothing_schedule="constant")),
 ])
 def test_each_method_runs_through_the_executor_towards_the_reference(comfy, reference_image, method, settings,
                                                                       sampler_settings):

@@ -34,13 +34,14 @@ class Loss:
         return loss
 
 
-def first_step(method, noise_scaling, sigmas, x, **settings):
-    """x after the first step of `method` (DDIM, one pass), with one guidance term of `settings`."""
+def first_step(method, noise_scaling, sigmas, x, sampling=(), **settings):
+    """x after the first step of `method` (DDIM, one pass), with one guidance term of `settings` and the sampler's
+    `sampling` options."""
     seen = []
     sample_universal_guidance(GaussianDenoiser(noise_scaling), x.clone(), torch.tensor(sigmas),
                               guidance=[GuidanceTerm(name="test", loss=Loss(), **settings)], decode=decode,
                               noise_scaling=noise_scaling, method=method, disable=True,
-                              callback=lambda info: seen.append(info["x"].clone()))
+                              callback=lambda info: seen.append(info["x"].clone()), **dict(sampling))
     return seen[0]
 
 
@@ -117,19 +118,38 @@ def test_mpgd_steps_x0_alone_and_keeps_the_denoisers_noise(noise_scaling, sigmas
     assert not torch.allclose(ours, p.r1 * p.ddim(), atol=1e-4)
 
 
+# TFG's s_t at the first of two steps over its mean: ρ_t = ρ·s_t/mean(s), μ_t likewise
+SCHEDULE_FACTORS = {"increase": lambda alphas: alphas[0] / (sum(alphas) / 2),
+                    "decrease": lambda alphas: (1 - alphas[0]) / ((2 - sum(alphas)) / 2),
+                    "constant": lambda alphas: 1.0}
+
+
+@pytest.mark.parametrize("rho_schedule, mu_schedule", [("increase", "increase"), ("decrease", "constant"),
+                                                       ("constant", "decrease")])
 @pytest.mark.parametrize("noise_scaling, sigmas", LEVELS)
-def test_tfg_adds_variance_and_mean_guidance_with_its_increasing_schedules(noise_scaling, sigmas):
+def test_tfg_adds_variance_and_mean_guidance_with_its_schedules(noise_scaling, sigmas, rho_schedule, mu_schedule):
     x, rho, mu = start(noise_scaling, sigmas), 0.4, 0.1
     p = Papers(noise_scaling, sigmas, x)
-    increase = p.alphas[0] / (sum(p.alphas) / 2)  # ρ_t = ρ·α_t/mean(α), μ_t likewise
-    variance = -rho * increase * p.grad_z()
-    delta = p.mean_guidance(mu * increase, 2)
+    variance = -rho * SCHEDULE_FACTORS[rho_schedule](p.alphas) * p.grad_z()
+    delta = p.mean_guidance(mu * SCHEDULE_FACTORS[mu_schedule](p.alphas), 2)
     expected = p.r1 * (p.ddim() + variance / math.sqrt(p.alphas[0]) + math.sqrt(p.ab1) * delta)
-    ours = first_step("tfg", noise_scaling, sigmas, x, weight=rho, backward_steps=2, backward_lr=mu)
+    ours = first_step("tfg", noise_scaling, sigmas, x, weight=rho, backward_steps=2, backward_lr=mu,
+                      sampling=dict(rho_schedule=rho_schedule, mu_schedule=mu_schedule))
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_tfg_smoothing_reads_the_loss_at_noise_of_its_size():
+def test_tfg_takes_no_variance_step_where_alpha_t_is_zero():
+    """A flow model starts at pure noise, ᾱ = 0, where Δ_t/√α_t is undefined: the step is plain DDIM there."""
+    sigmas = (1.0, 0.5, 0.0)
+    x = start(flow_noise_scaling, sigmas)
+    p = Papers(flow_noise_scaling, sigmas, x)
+    assert p.alphas[0] == 0
+    ours = first_step("tfg", flow_noise_scaling, sigmas, x, weight=0.4, sampling=dict(rho_schedule="decrease"))
+    torch.testing.assert_close(ours, p.r1 * p.ddim(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing_schedule", ["decrease", "constant"])
+def test_tfg_smoothing_reads_the_loss_at_noise_of_its_size(smoothing_schedule):
     noise_scaling, sigmas = eps_noise_scaling, (2.5, 1.1, 0.0)
     a, b = noise_coefficients(noise_scaling, sigmas[0])
     x = torch.randn(2, 2, 32, 32, generator=torch.Generator().manual_seed(1)) * b
@@ -147,10 +167,11 @@ def test_tfg_smoothing_reads_the_loss_at_noise_of_its_size():
 
     sample_universal_guidance(denoiser, x.clone(), torch.tensor(sigmas), noise_scaling=noise_scaling, disable=True,
                               guidance=[GuidanceTerm(name="test", loss=Wide(), weight=0.1)], decode=recording_decode,
-                              method="tfg", smoothing=0.5)
+                              method="tfg", smoothing=0.5, smoothing_schedule=smoothing_schedule)
     x0 = denoiser(x, torch.full((2,), sigmas[0]))
     offset = float((seen[0] - x0).pow(2).mean().sqrt())
-    assert offset == pytest.approx(0.5 * math.sqrt(1 - alpha_bar(a, b)), rel=0.05)
+    spread = math.sqrt(1 - alpha_bar(a, b)) if smoothing_schedule == "decrease" else 1.0
+    assert offset == pytest.approx(0.5 * spread, rel=0.05)
 
 
 def test_ugd_is_the_default_and_every_method_has_a_paper_rule():
@@ -160,7 +181,7 @@ def test_ugd_is_the_default_and_every_method_has_a_paper_rule():
         assert "z_{t−1}" in module.__doc__ or "eq. 6" in module.__doc__, f"{name}: its update rule is not written"
 
 
-def test_an_unknown_method_or_bad_smoothing_is_refused():
+def test_an_unknown_method_a_bad_smoothing_or_schedule_is_refused():
     common = dict(guidance=[], decode=decode, noise_scaling=eps_noise_scaling, disable=True)
     with pytest.raises(ValueError, match="Unknown guidance method 'dpm'"):
         sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), torch.zeros(1, 2, 4, 4),
@@ -168,3 +189,6 @@ def test_an_unknown_method_or_bad_smoothing_is_refused():
     with pytest.raises(ValueError, match="smoothing must be"):
         sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), torch.zeros(1, 2, 4, 4),
                                   torch.tensor([1.0, 0.0]), smoothing=-1.0, **common)
+    with pytest.raises(ValueError, match="rho_schedule must be one of"):
+        sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), torch.zeros(1, 2, 4, 4),
+                                  torch.tensor([1.0, 0.0]), rho_schedule="up", **common)

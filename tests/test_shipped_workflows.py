@@ -186,7 +186,8 @@ def test_widget_values_line_up_with_the_sampler_inputs(object_info):
                       "denoise": 1.0, "recurrence": 2, "guidance_every": 1, "gradient": "through_unet",
                       "decode_resolution": "full", "checkpointing": False, "autocast": "off", "guidance_end": 1.0,
                       "weight_scale": 1.0, "preset": "custom", "backward_end": 0.0,
-                      "backward_recurrence": 0, "method": "ugd", "smoothing": 0.0}
+                      "backward_recurrence": 0, "method": "ugd", "smoothing": 0.0,
+                      "rho_schedule": "increase", "mu_schedule": "increase", "smoothing_schedule": "decrease"}
     assert sampler["widgets_values"][1] == "fixed", "a shared workflow must not re-randomise its seed"
 
 

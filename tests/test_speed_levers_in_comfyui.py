@@ -81,10 +81,12 @@ def test_the_sampler_node_for_custom_sampling_takes_the_same_levers(comfy, toy):
     with torch.inference_mode():
         (sampler,) = node(comfy, "UGDUniversalGuidanceSampler").get_sampler(
             toy["vae"], toy["guidance"], "ddim", 1, gradient="x0_only", guidance_every=3, checkpointing=True,
-            method="tfg", smoothing=0.2)
+            method="tfg", smoothing=0.2, rho_schedule="decrease", smoothing_schedule="constant")
     options = sampler.extra_options["options"]
     assert (options.gradient, options.guidance_every, options.checkpointing) == ("x0_only", 3, True)
     assert (options.method, options.smoothing) == ("tfg", 0.2)
+    assert (options.rho_schedule, options.mu_schedule, options.smoothing_schedule) == ("decrease", "increase",
+                                                                                       "constant")
 
 
 def test_a_preset_sets_its_levers_in_place_of_the_inputs_and_custom_keeps_them(comfy, toy):

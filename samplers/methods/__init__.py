@@ -26,8 +26,9 @@ class GuidedPass:
     """What one guided pass knows: x at σ, the active terms, and ComfyUI's coefficients at σ and at the next σ'.
 
     `forward` is false on the steps where only backward (mean) guidance runs (the sampler's backward_end).
-    `alpha_step` is TFG's α_t = ᾱ(σ)/ᾱ(σ') for this step and `alpha_step_mean` its mean over the run's steps.
-    `randn` draws noise of x's shape from the run's generator.
+    `alpha_steps` holds TFG's α_t = ᾱ(σ_t)/ᾱ(σ_{t+1}) for each of the run's steps, this one being `step`.
+    `tfg` is the sampler's TFG settings (smoothing and schedules). `randn` draws noise of x's shape from the run's
+    generator.
     """
 
     guided: "GuidedDenoiser"  # noqa: F821 (universal_guidance.GuidedDenoiser)
@@ -39,9 +40,9 @@ class GuidedPass:
     a_next: float
     b_next: float
     forward: bool
-    alpha_step: float
-    alpha_step_mean: float
-    smoothing: float
+    alpha_steps: Sequence[float]
+    step: int
+    tfg: "tfg.Settings"
     randn: Callable[[], torch.Tensor]
 
     @property
@@ -53,15 +54,13 @@ class GuidedPass:
     def radius_next(self) -> float:
         return math.hypot(self.a_next, self.b_next)
 
+    @property
+    def alpha_step(self) -> float:
+        return self.alpha_steps[self.step]
+
     def denoised(self) -> torch.Tensor:
         """The denoiser's own x0, without guidance."""
         return self.guided.model(self.x, self.sigma, **self.guided.extra_args)
-
-    def smoothed(self):
-        """The guided denoiser with the loss read at x0 + γ̄·√(1 − ᾱ)·n (TFG's smoothing, one draw per pass)."""
-        if self.smoothing == 0:
-            return self.guided
-        return self.guided.smoothed(self.smoothing * self.b / self.radius * self.randn())
 
     def mean_guidance(self, guided, x0, lr: Callable[[GuidanceTerm], float]) -> torch.Tensor | int:
         """Σ Δ0_i: each term's N_iter = backward_steps plain gradient steps on x0 of size lr(term) (none at 0)."""
