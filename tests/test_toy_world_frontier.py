@@ -25,8 +25,11 @@ def test_a_batch_of_targets_guides_each_sample_as_a_run_of_its_own(toy, task):
     batched = toy.sample("eps", task, task_targets, once, seed)
     alone = toy.sample("eps", task, task_targets[:1], once, seed)
     unguided = toy.sample("eps", task, task_targets[:1], frontier.Setting("plain", steps=3, guided=False), seed)
-    torch.testing.assert_close(batched[:1], alone, atol=2e-3, rtol=0)
-    assert (alone - unguided).abs().mean() > 1e-3  # guidance moved it
+    moved_by_guidance = (alone - unguided).abs().mean()
+    assert moved_by_guidance > 1e-3
+    # Not bitwise: the batch changes the CPU kernels' rounding, and the detector's proposal ranking can turn on
+    # it (about 1% of guidance's movement on some CPUs); a sample guided to the wrong target moves by all of it.
+    assert (batched[:1] - alone).abs().mean() < 0.05 * moved_by_guidance
 
 
 def test_a_row_under_bf16_autocast_runs_its_guided_passes_in_bf16_and_lands_near_full_precision(toy):
