@@ -434,6 +434,7 @@ def sample_universal_guidance(
     coefficients = [noise_coefficients(noise_scaling, s) for s in sigmas]
     alpha_steps = [alpha_bar(*coefficients[i]) / alpha_bar(*coefficients[i + 1]) for i in range(steps)]
     guided_pass = METHODS[method]
+    tfg_run = tfg_settings.over(alpha_steps)
     for i in trange(steps, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         (a, b), (a_next, b_next) = coefficients[i], coefficients[i + 1]
@@ -454,7 +455,7 @@ def sample_universal_guidance(
             check_interrupt()
             if active:
                 x0, shift = guided_pass(GuidedPass(guided, x, sigma * s_in, active, a, b, a_next, b_next, guided_step,
-                                                   alpha_steps, i, tfg_settings, randn))
+                                                   alpha_steps, i, tfg_run, randn))
             else:
                 x0, shift = model(x, sigma * s_in, **extra_args), 0
             x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None) + shift

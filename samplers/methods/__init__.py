@@ -27,7 +27,7 @@ class GuidedPass:
 
     `forward` is false on the steps where only backward (mean) guidance runs (the sampler's backward_end).
     `alpha_steps` holds TFG's α_t = ᾱ(σ_t)/ᾱ(σ_{t+1}) for each of the run's steps, this one being `step`.
-    `tfg` is the sampler's TFG settings (smoothing and schedules). `randn` draws noise of x's shape from the run's
+    `tfg` is the sampler's TFG settings (smoothing and schedules) with their factors at each step. `randn` draws noise of x's shape from the run's
     generator.
     """
 
@@ -42,7 +42,7 @@ class GuidedPass:
     forward: bool
     alpha_steps: Sequence[float]
     step: int
-    tfg: "tfg.Settings"
+    tfg: "tfg.Run"
     randn: Callable[[], torch.Tensor]
 
     @property

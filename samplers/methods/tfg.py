@@ -41,22 +41,33 @@ class Settings:
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
+    def over(self, alpha_steps: Sequence[float]) -> "Run":
+        """These settings with ρ_t's and μ_t's factors at each of a run's steps, computed once for the run."""
+        return Run(self, schedule(self.rho_schedule, alpha_steps), schedule(self.mu_schedule, alpha_steps))
 
-def schedule(name: str, alpha_steps: Sequence[float], step: int) -> float:
-    """s_t·T/Σ_t s_t at `step`: the schedule's factor, 1 on average over the run."""
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run's TFG settings, and ρ_t's and μ_t's schedule factors at each of its steps."""
+
+    settings: Settings
+    rho: tuple[float, ...]
+    mu: tuple[float, ...]
+
+
+def schedule(name: str, alpha_steps: Sequence[float]) -> tuple[float, ...]:
+    """s_t·T/Σ_t s_t at every step: the schedule's factors, 1 on average over the run."""
     values = [{"increase": alpha, "decrease": 1 - alpha, "constant": 1.0}[name] for alpha in alpha_steps]
     total = sum(values)
-    return values[step] * len(values) / total if total > 0 else 0.0
+    return tuple(v * len(values) / total if total > 0 else 0.0 for v in values)
 
 
 def guided_pass(p):
-    settings = p.tfg
+    settings, rho_t, mu_t = p.tfg.settings, p.tfg.rho[p.step], p.tfg.mu[p.step]
     guided = p.guided
     if settings.smoothing > 0:
         spread = p.b / p.radius if settings.smoothing_schedule == "decrease" else 1.0  # √(1 − ᾱ_t) or 1
         guided = guided.smoothed(settings.smoothing * spread * p.randn())
-    rho_t = schedule(settings.rho_schedule, p.alpha_steps, p.step)
-    mu_t = schedule(settings.mu_schedule, p.alpha_steps, p.step)
     # ρ_t/√α_t per unit ρ; at α_t = 0 (a flow model's pure-noise start) the step is undefined and not taken
     size = rho_t / math.sqrt(p.alpha_step) * p.radius * p.radius_next if p.alpha_step > 0 else 0.0
     variance = [(raw(t), fn, t.weight * size) for t, fn in p.active] if p.forward else []
