@@ -14,7 +14,7 @@ engine, at a mid-schedule step (t = 500), in inference mode as ComfyUI's executo
   forward + backward; the segmentation network's forward + backward alongside; the engine's overhead is the
   guided step less the sum of its parts, the floor our loop can reach; the decoders' and guidance networks'
   forwards alone, and TAESD's forward + backward, which with the others give each part's cost per image,
-  forward and backward, written at 512 px and batch 1 to bench/part_costs.json (what `sd_equivalent.py`
+  forward and backward, written at 512 px and batch 1 to samplers/part_costs.json (what `samplers/cost.py`
   prices a counted guided run with);
 - the levers: the guidance decoder (the full VAE, TAESD, the full VAE at half and quarter resolution: decode,
   CLIP loss and backward to the latent, and the cosine of each one's gradient to the full VAE's), gradient
@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 sys.path.insert(0, PACK_DIR)
 
 CFG, TIMESTEP, NEXT_TIMESTEP = 7.5, 500.0, 480.0
-PART_COSTS_FILE = os.path.join(PACK_DIR, "bench", "part_costs.json")  # read by sd_equivalent.py
+PART_COSTS_FILE = os.path.join(PACK_DIR, "samplers", "part_costs.json")  # read by samplers/cost.py
 PART_COSTS_SIZE = 512
 PROMPT = "a photograph of a dog"
 GB = 2.0**30
@@ -576,7 +576,7 @@ def toy_table(lines: list[str]) -> str:
 
 
 def write_part_costs(results: dict, device: str) -> None:
-    """Seconds per image of each part, forward and backward, at 512 px and batch 1, for `sd_equivalent.py`.
+    """Seconds per image of each part, forward and backward, at 512 px and batch 1, for `samplers/cost.py`.
 
     The UNet's are per image of its CFG batch (it runs on cond and uncond); a backward is the forward + backward
     measurement less the forward one.

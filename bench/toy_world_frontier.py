@@ -16,7 +16,7 @@ rows are ComfyUI's KSampler with euler (DDIM) from the same initial noise.
 Each row gives the held-out evaluators' score, its mean with a 95% interval (bootstrap over targets and seeds),
 the realism figures (the toy UNet's denoising error on the samples, lower is closer to real scenes; KID against
 the 512 real scenes, mean ± std over subsets), and the cost: the passes the sampler counted, priced as Stable
-Diffusion 1.5 at 512 px in unguided 20-step runs (bench/sd_equivalent.py), and the toy's wall time per sample.
+Diffusion 1.5 at 512 px in unguided 20-step runs (samplers/cost.py), and the toy's wall time per sample.
 
 --jobs N runs N worker processes of this script, each with its share of the cores; they claim the rows one at a
 time, costliest first by expected cost, so that none idles while rows are left. On the 2-core machine two one-thread
@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 sys.path.insert(0, PACK_DIR)
 from comfy_headless import ComfyHost  # noqa: E402
 
-from bench import sd_equivalent  # noqa: E402
+from samplers import cost as sd_equivalent  # noqa: E402
 # w and backward lr per task (combination uses two), and the target map as Segmentation Guidance reads it
 from bench.toy_world_quality import WEIGHTS, as_comfy_image, map_picture  # noqa: E402
 from samplers.presets import PRESETS  # noqa: E402

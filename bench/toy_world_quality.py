@@ -17,7 +17,7 @@ and noise; lower is more like the training data. Before the rows it prints KID (
 on images whose answer is known: other real scenes, unguided samples, and those samples with strong noise.
 Seconds are wall time per sample on this machine. The SD 1.5 cost is what the same run would cost on Stable
 Diffusion 1.5 at 512 px, as a multiple of an unguided 20-step run: the passes that the sampler counted, priced
-with bench/speed's part costs (bench/sd_equivalent.py); the segmentation guide is priced as LR-ASPP, the others as
+with bench/speed's part costs (samplers/cost.py); the segmentation guide is priced as LR-ASPP, the others as
 CLIP RN50. It prints a Markdown table and saves it, with one picture grid per row (target | unguided | guided, a
 row per seed).
 """
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(PACK_DIR, "tools"))
 sys.path.insert(0, PACK_DIR)
 from comfy_headless import ComfyHost  # noqa: E402
 
-from bench import sd_equivalent  # noqa: E402
+from samplers import cost as sd_equivalent  # noqa: E402
 from guidance.segmentation import voc_palette  # noqa: E402
 from toy_world import data, evaluation, networks, splits  # noqa: E402
 

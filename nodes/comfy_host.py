@@ -16,12 +16,15 @@ import comfy.model_management
 import comfy.samplers
 
 from ..samplers.autograd_safety import make_autograd_safe
+from ..samplers import cost
 from ..samplers.checkpointing import checkpointed, outermost_blocks
 from ..samplers.decoding import DECODE_RESOLUTIONS, at_reduced_resolution
 from ..samplers.methods import METHODS, tfg
 from ..samplers.pass_counts import PassCounts, report
 from ..samplers.precision import AUTOCAST_DTYPES
+from ..samplers.progress import LossHistory
 from ..samplers.universal_guidance import GRADIENT_PATHS, sample_universal_guidance
+from .live_progress import LiveProgress
 
 log = logging.getLogger(__name__)
 
@@ -263,13 +266,36 @@ def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, decode_re
     return base_model, extra_args, at_reduced_resolution(decode, decode_resolution)
 
 
+def _engine_levers(options: SamplerOptions) -> dict:
+    """The options that the engine takes as they are (the others act on the host's side)."""
+    names = ("guidance_every", "guidance_end", "backward_end", "backward_recurrence", "gradient", "method",
+             "smoothing", "rho_schedule", "mu_schedule", "smoothing_schedule")
+    return {name: getattr(options, name) for name in names}
+
+
+def is_taesd(vae) -> bool:
+    return type(vae.first_stage_model).__name__ == "TAESD"
+
+
+def log_plan(guidance, sigmas, noise_scaling, recurrence: int, base: str, options: SamplerOptions, vae) -> None:
+    """Say what the run will cost before it starts, from its passes counted on a stand-in (samplers/cost.py)."""
+    counts = cost.counted_passes(len(sigmas) - 1, recurrence, [cost.term_settings(t) for t in guidance],
+                                 decode_resolution=options.decode_resolution, sigmas=sigmas.cpu(),
+                                 noise_scaling=noise_scaling, base=base, **_engine_levers(options))
+    log.info("Universal guidance: %s.", cost.plan_summary(counts, len(sigmas) - 1, "taesd" if is_taesd(vae) else "vae"))
+
+
 def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, guidance, vae, recurrence, base,
-            options: SamplerOptions):
+            options: SamplerOptions, history: LossHistory | None = None):
     start, counts = time.perf_counter(), PassCounts()
     if options.weight_scale != 1.0:
         guidance = tuple(replace(term, weight=term.weight * options.weight_scale) for term in guidance)
     base_model, extra_args, decode = prepare_guided_sampling(model, x.shape, extra_args, guidance, vae,
                                                              options.decode_resolution, counts)
+    noise_scaling = base_model.model_sampling.noise_scaling
+    log_plan(guidance, sigmas, noise_scaling, recurrence, base, options, vae)
+    if history is not None:
+        history.start(guidance, len(sigmas) - 1)
     blocks = checkpoint_blocks(base_model, vae) if options.checkpointing else []
     try:
         with checkpointed(blocks):
@@ -277,24 +303,16 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                 model, x, sigmas, extra_args, callback, disable,
                 guidance=guidance,
                 decode=decode,
-                noise_scaling=base_model.model_sampling.noise_scaling,
+                noise_scaling=noise_scaling,
                 recurrence=recurrence,
                 base=base,
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                 update_mask=extra_args.get("denoise_mask"),
-                guidance_every=options.guidance_every,
-                guidance_end=options.guidance_end,
-                backward_end=options.backward_end,
-                backward_recurrence=options.backward_recurrence,
-                gradient=options.gradient,
                 autocast=options.autocast,
                 counts=counts,
-                method=options.method,
-                smoothing=options.smoothing,
-                rho_schedule=options.rho_schedule,
-                mu_schedule=options.mu_schedule,
-                smoothing_schedule=options.smoothing_schedule,
                 unconditional=unconditional_branches(model, extra_args) if options.gradient == "unconditional" else None,
+                on_pass=LiveProgress(callback, history),
+                **_engine_levers(options),
             )
     except torch.OutOfMemoryError:
         # Re-raised unchanged so that ComfyUI still frees its models; this says what to change.
@@ -307,10 +325,11 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
     return samples
 
 
-def universal_guidance_sampler(guidance, vae, recurrence: int, base: str,
-                               options: SamplerOptions = SamplerOptions()) -> comfy.samplers.KSAMPLER:
-    """A ComfyUI SAMPLER running universal guidance; `vae` decodes for the guidance loss."""
+def universal_guidance_sampler(guidance, vae, recurrence: int, base: str, options: SamplerOptions = SamplerOptions(),
+                               history: LossHistory | None = None) -> comfy.samplers.KSAMPLER:
+    """A ComfyUI SAMPLER running universal guidance; `vae` decodes for the guidance loss; `history`, if given,
+    receives each term's loss over the steps."""
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
     return comfy.samplers.KSAMPLER(_sample, extra_options={"guidance": guidance, "vae": vae, "recurrence": recurrence,
-                                                           "base": base, "options": options})
+                                                           "base": base, "options": options, "history": history})

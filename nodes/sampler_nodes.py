@@ -13,9 +13,11 @@ from ..samplers.decoding import DECODE_RESOLUTIONS
 from ..samplers.precision import AUTOCAST_DTYPES
 from ..samplers.methods import METHODS, tfg
 from ..samplers.presets import PRESETS
+from ..samplers.progress import LossHistory
 from ..samplers.universal_guidance import BASE_STEPS, GRADIENT_PATHS
 from .comfy_host import SamplerOptions, check_guidance, guidance_patchers, universal_guidance_sampler
 from .guidance_settings import GUIDANCE
+from .loss_plot import loss_plot
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,12 @@ class UniversalGuidedKSampler:
     DESCRIPTION = ("KSampler with universal guidance (Bansal et al. 2023): forward and backward guidance by any "
                    "GUIDANCE, with per-step self-recurrence.")
     CATEGORY = "universal_guidance"
-    RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The guided latent.",)
+    # The loss plot comes after LATENT, so that saved graphs' links to output 0 keep their meaning.
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("LATENT", "loss_plot")
+    OUTPUT_TOOLTIPS = ("The guided latent.",
+                       "Each guidance term's loss over the steps (batch mean, at each step's last pass), its window "
+                       "shaded. The losses also show on this node while it samples.")
     FUNCTION = "sample"
 
     @classmethod
@@ -153,7 +159,9 @@ class UniversalGuidedKSampler:
         if hasattr(comfy.sample, "fix_empty_latent_channels"):
             latent = comfy.sample.fix_empty_latent_channels(model, latent)
         check_guidance(guidance, latent.shape, decoder_vae)
-        ksampler = universal_guidance_sampler(guidance, decoder_vae, recurrence, sampler, SamplerOptions(**options))
+        history = LossHistory()
+        ksampler = universal_guidance_sampler(guidance, decoder_vae, recurrence, sampler, SamplerOptions(**options),
+                                              history)
         extra_models = [decoder_vae.patcher] + guidance_patchers(guidance)
         if hasattr(model, "set_additional_models"):  # loads them in the same call as the UNet
             model = model.clone()
@@ -170,7 +178,7 @@ class UniversalGuidedKSampler:
         )
         out = latent_image.copy()
         out["samples"] = samples
-        return (out,)
+        return out, loss_plot(history)
 
 
 class UniversalGuidanceSampler:

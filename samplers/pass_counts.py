@@ -8,7 +8,8 @@ whose output no loss depends on, counts no backward.
 The parts: `denoiser`, the sampler's calls of the model (one per sample and pass, whatever the host batches
 inside it); `unet`, the network inside it, with the host's classifier-free guidance batch (cond and uncond);
 `decoder`, the guidance decoder; `guidance_network`, every guidance loss. The engine counts the denoiser and
-the losses; the host, which builds the model and the decoder, counts the UNet and the decoder.
+the losses; the host, which builds the model and the decoder, counts the UNet and the decoder. Beside the
+passes, `backward_guidance_steps` counts the optimiser steps of backward (and mean) guidance, in images too.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ _RECORDERS: contextvars.ContextVar[tuple["PassCounts", ...]] = contextvars.Conte
 
 
 class PassCounts:
-    """Images through each part, forward and backward."""
+    """Images through each part, forward and backward, and backward-guidance steps."""
 
     def __init__(self):
         self.forward = dict.fromkeys(PARTS, 0.0)
         self.backward = dict.fromkeys(PARTS, 0.0)
+        self.backward_guidance_steps = 0.0
 
     def add(self, part: str, output: torch.Tensor, images: float, backward_images: float | None = None) -> torch.Tensor:
         """Count `images` forward through `part`, and as many backward (or `backward_images`, for an output that
@@ -55,10 +57,12 @@ class PassCounts:
         scaled = PassCounts()
         for part in PARTS:
             scaled.forward[part], scaled.backward[part] = self.forward[part] / samples, self.backward[part] / samples
+        scaled.backward_guidance_steps = self.backward_guidance_steps / samples
         return scaled
 
     def as_dict(self) -> dict:
-        return {"forward": dict(self.forward), "backward": dict(self.backward)}
+        return {"forward": dict(self.forward), "backward": dict(self.backward),
+                "backward_guidance_steps": self.backward_guidance_steps}
 
     def __repr__(self) -> str:
         return "PassCounts(" + ", ".join(f"{p} {self.forward[p]:g}/{self.backward[p]:g}" for p in PARTS) + ")"
@@ -81,3 +85,4 @@ def report(counts: PassCounts) -> None:
         for part in PARTS:
             recorder.forward[part] += counts.forward[part]
             recorder.backward[part] += counts.backward[part]
+        recorder.backward_guidance_steps += counts.backward_guidance_steps

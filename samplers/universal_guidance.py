@@ -28,7 +28,7 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import trange
+from tqdm.auto import tqdm
 
 from .autograd_safety import clone_saved_activations, is_inplace_autograd_error
 from .decoding import Decode
@@ -36,6 +36,7 @@ from .methods import METHODS, GuidedPass, tfg
 from .pass_counts import PassCounts
 from .parameterization import NoiseScaling, alpha_bar, forward_guidance_scale, noise_coefficients
 from .precision import GuidancePrecision
+from .progress import PassLosses, PassReport, term_labels
 from .terms import BoundLoss, GuidanceTerm
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,13 @@ class GuidedDenoiser:
             "unconditional" (the loss on the unconditional x0, its gradient through that branch only).
         precision: autocast and loss scaling of the guided passes; full precision by default.
         unconditional: for "unconditional", `(x, σ) -> (x0 with CFG, the unconditional branch's x0)`, from the host.
+        counts: if given, counts the backward-guidance steps.
     """
 
     def __init__(self, model, decode: Decode, extra_args: dict, check_interrupt=lambda: None,
                  update_mask: torch.Tensor | None = None, clone_saved: bool = False,
                  gradient: str = "through_unet", precision: GuidancePrecision | None = None,
-                 unconditional: Callable | None = None):
+                 unconditional: Callable | None = None, counts: PassCounts | None = None):
         if gradient not in GRADIENT_PATHS:
             raise ValueError(f"Unknown gradient path {gradient!r}: use one of {GRADIENT_PATHS}.")
         if gradient == "unconditional" and unconditional is None:
@@ -146,6 +148,7 @@ class GuidedDenoiser:
         self.check_interrupt, self.update_mask = check_interrupt, update_mask
         self.gradient, self.precision = gradient, precision or GuidancePrecision()
         self.autograd, self.warn = _Autograd(clone_saved), _WarnOnce()
+        self.counts = counts
 
     def __call__(self, x, sigma, active: Sequence[tuple[GuidanceTerm, BoundLoss]], a: float, b: float,
                  forward: bool = True):
@@ -308,6 +311,8 @@ class GuidedDenoiser:
                 grad = self.precision.gradient(loss.sum(), delta, reduced) if torch.isfinite(loss).all() else None
                 if grad is None or not torch.isfinite(grad).all():
                     return None if reduced else non_finite
+                if self.counts is not None:
+                    self.counts.backward_guidance_steps += base.shape[0]
                 delta.grad = grad
                 optimizer.step()
             return (delta if mask is None else delta * mask).detach()
@@ -325,6 +330,23 @@ def _counted_branches(counts: PassCounts, branches: Callable) -> Callable:
         return x0, counts.add("denoiser", unconditional_x0, 0.0, backward_images=x.shape[0] / 2)
 
     return call
+
+
+def step_plan(bound, i: int, steps: int, recurrence: int, guidance_every: int, guidance_end: float,
+              backward_end: float, backward_recurrence: int) -> tuple[bool, list, int]:
+    """(whether step i is guided, its active (term, loss) pairs, its passes), by the sampler's windows."""
+    guided_step = i % guidance_every == 0 and i / steps < guidance_end
+    if guided_step:
+        active = [(term, fn) for term, fn in bound if term.active_at(i, steps)]
+    elif i / steps < backward_end:  # backward guidance alone
+        active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
+    else:
+        active = []
+    if not active:
+        return guided_step, active, 1
+    if backward_recurrence and any(term.backward_steps > 0 for term, _ in active):
+        return guided_step, active, backward_recurrence
+    return guided_step, active, recurrence if guided_step else 1
 
 
 def sample_universal_guidance(
@@ -358,6 +380,7 @@ def sample_universal_guidance(
     mu_schedule: str = "increase",
     smoothing_schedule: str = "decrease",
     unconditional: Callable | None = None,
+    on_pass: Callable[[PassReport], None] | None = None,
 ) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
@@ -394,6 +417,8 @@ def sample_universal_guidance(
             (`methods.tfg`; the tfg method only).
         unconditional: for gradient "unconditional", `(x, σ) -> (x0 with CFG, the unconditional x0)`, from the
             host, which alone can run the branches apart.
+        on_pass: called after every denoiser pass with its `progress.PassReport` (the terms' losses, progress
+            in passes); the step bar counts passes and shows the losses too.
     """
     if recurrence < 1:
         raise ValueError(f"recurrence (k) must be at least 1, got {recurrence}.")
@@ -420,48 +445,48 @@ def sample_universal_guidance(
     def randn():
         return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
 
+    losses = PassLosses()
     with torch.inference_mode(False):
-        bound = [(term, term.loss.bind(x.device)) for term in guidance]
+        bound = [(term, losses.watched(label, term.loss.bind(x.device)))
+                 for term, label in zip(guidance, term_labels(guidance))]
     if counts is not None:
         model = counts.counted("denoiser", model)
         bound = [(term, counts.counted("guidance_network", fn)) for term, fn in bound]
         unconditional = unconditional and _counted_branches(counts, unconditional)
     precision = GuidancePrecision(autocast, x.device.type)
     guided = GuidedDenoiser(model, decode, extra_args, check_interrupt, update_mask, clone_saved, gradient, precision,
-                            unconditional)
+                            unconditional, counts)
     s_in = x.new_ones([x.shape[0]])
     steps = len(sigmas) - 1
     coefficients = [noise_coefficients(noise_scaling, s) for s in sigmas]
     alpha_steps = [alpha_bar(*coefficients[i]) / alpha_bar(*coefficients[i + 1]) for i in range(steps)]
     guided_pass = METHODS[method]
     tfg_run = tfg_settings.over(alpha_steps)
-    for i in trange(steps, disable=disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        (a, b), (a_next, b_next) = coefficients[i], coefficients[i + 1]
-        guided_step = i % guidance_every == 0 and i / steps < guidance_end
-        if guided_step:
-            active = [(term, fn) for term, fn in bound if term.active_at(i, steps)]
-        elif i / steps < backward_end:  # backward guidance alone
-            active = [(term, fn) for term, fn in bound if term.backward_steps > 0 and term.active_at(i, steps)]
-        else:
-            active = []
-        if not active:
-            passes = 1
-        elif backward_recurrence and any(term.backward_steps > 0 for term, _ in active):
-            passes = backward_recurrence
-        else:
-            passes = recurrence if guided_step else 1
-        for r in range(passes):
-            check_interrupt()
-            if active:
-                x0, shift = guided_pass(GuidedPass(guided, x, sigma * s_in, active, a, b, a_next, b_next, guided_step,
-                                                   alpha_steps, i, tfg_run, randn))
-            else:
-                x0, shift = model(x, sigma * s_in, **extra_args), 0
-            x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None) + shift
-            if r < passes - 1:
-                x = renoise(x_next, a_next, b_next, a, b, randn())
-        x = x_next
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
+    plan = [step_plan(bound, i, steps, recurrence, guidance_every, guidance_end, backward_end, backward_recurrence)
+            for i in range(steps)]
+    done, total = 0, sum(passes for _, _, passes in plan)
+    with tqdm(total=total, disable=disable, unit="pass") as bar:
+        for i, (guided_step, active, passes) in enumerate(plan):
+            sigma = sigmas[i]
+            (a, b), (a_next, b_next) = coefficients[i], coefficients[i + 1]
+            for r in range(passes):
+                check_interrupt()
+                if active:
+                    x0, shift = guided_pass(GuidedPass(guided, x, sigma * s_in, active, a, b, a_next, b_next,
+                                                       guided_step, alpha_steps, i, tfg_run, randn))
+                else:
+                    x0, shift = model(x, sigma * s_in, **extra_args), 0
+                x_next = base_step(x, x0, a, b, a_next, b_next, eta, randn() if eta > 0 and b_next > 0 else None) + shift
+                if r < passes - 1:
+                    x = renoise(x_next, a_next, b_next, a, b, randn())
+                done += 1
+                report = PassReport(i, steps, r, passes, done, total, losses.take(), x_next, x0)
+                if report.losses:
+                    bar.set_postfix_str(report.text(), refresh=False)
+                bar.update()
+                if on_pass is not None:
+                    on_pass(report)
+            x = x_next
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
     return x

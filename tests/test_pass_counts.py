@@ -1,11 +1,11 @@
 """The engine counts each network's passes as they run, without ComfyUI: the counts follow the settings. And
-bench/sd_equivalent.py prices counts part by part with the part costs bench/speed measured."""
+samplers/cost.py prices counts part by part with the part costs bench/speed measured."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench import sd_equivalent
+from samplers import cost as sd_equivalent
 from gaussian import GaussianDenoiser, eps_noise_scaling, sigmas_eps
 from samplers.pass_counts import PassCounts, recording, report
 from samplers.terms import GuidanceTerm

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json")))
@@ -59,6 +61,18 @@ def test_main_job_with_stand_ins_writes_images_and_says_they_are_stand_ins(tmp_p
     assert "NOT meaningful" in result.stdout
     written = glob.glob(str(tmp_path / "*.png"))
     assert len(written) == 1 and f"wrote {written[0]}" in result.stdout
+
+
+def test_main_job_runs_the_demo_and_prints_where_its_enlarged_picture_is(tmp_path):
+    result = run_tool("--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (grid,) = glob.glob(str(tmp_path / "ugd_toy_segmentation_grid_*_.png"))
+    enlarged = grid[:-len(".png")] + "_x4.png"
+    assert result.stdout.rstrip().endswith(f"The demo picture, 4× enlarged: {enlarged}")
+    small, large = Image.open(grid), Image.open(enlarged)
+    assert large.size == (4 * small.width, 4 * small.height)
+    assert np.array_equal(np.asarray(large)[::4, ::4], np.asarray(small))
+    assert len(glob.glob(str(tmp_path / "ugd_toy_segmentation_loss_plot_*.png"))) == 1
 
 
 def test_main_job_runs_a_ui_workflow_copying_its_example_inputs_with_progress(tmp_path):

@@ -168,8 +168,11 @@ def test_demo_workflow_guides_towards_the_map_better_than_unguided(comfy):
     shutil.copy(os.path.join(PACK_DIR, "workflows", "inputs", "ugd_toy_segmentation_map.png"), comfy.folder_paths.get_input_directory())
     result = comfy.run(prompt)
     assert result.success, result.errors
-    (saved,) = [image for output in result.outputs.values() for image in output.get("images", [])]
-    grid = np.asarray(Image.open(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])), np.float32) / 255
+    saved = {image["filename"].rsplit("_", 2)[0]: os.path.join(comfy.output_dir, image["subfolder"], image["filename"])
+             for output in result.outputs.values() for image in output.get("images", [])}
+    assert set(saved) == {"ugd_toy_segmentation_grid", "ugd_toy_segmentation_loss_plot"}
+    assert np.asarray(Image.open(saved["ugd_toy_segmentation_loss_plot"])).shape == (360, 640, 3)
+    grid = np.asarray(Image.open(saved["ugd_toy_segmentation_grid"]), np.float32) / 255
     pictures = torch.from_numpy(cells(grid, rows=4, columns=3)).permute(0, 1, 4, 2, 3)
     target = data.scene(2_000_017).segmentation
     assert (pictures[0, 0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).any(axis=-1).sum() == (target > 0).sum()

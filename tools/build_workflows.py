@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_workflow import AUTO, DOWNLOAD_PRETRAINED  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.sd_equivalent import settings_multiple  # noqa: E402
+from samplers.cost import settings_multiple  # noqa: E402
 from samplers.presets import PRESETS  # noqa: E402
 from workflow_format import (  # noqa: E402
     CONTROL, UPLOAD, combo_choices, declared_inputs, input_options, socket_inputs, ui_to_api, widget_slots)
@@ -157,7 +157,7 @@ def _cost_note(title: str, steps: int, recurrence: int, terms: list[dict], decod
     unpriced = "" if guide else " The guidance networks' passes come on top: bench/speed does not measure them."
     amount = f"{multiple:,.0f}" if multiple >= 10 else f"{multiple:.1f}"
     return (f"\n\nEXPECTED COST{f' ({title})' if title else ''}\nAbout {amount}× an unguided 20-step run of SD 1.5 at "
-            f"512 px, from the passes these settings make, counted (bench/sd_equivalent.py), with {priced} priced "
+            f"512 px, from the passes these settings make, counted (samplers/cost.py), with {priced} priced "
             f"as bench/speed measured them.{unpriced}")
 
 
@@ -165,7 +165,7 @@ def _sample_and_save(workflow: Workflow, sd, guidance: Output, prefix: str, *, s
                      recurrence: int, terms: list[dict], guide: str | None, title: str | None = None,
                      guidance_vae: Output | None = None, preset: str | None = None, cost_title: str = ""):
     """The guided sampler, decode and save; the note gains the settings' expected cost. `terms` are the guidance
-    terms' weight and backward_steps, `guide` the guidance network as bench/sd_equivalent prices it."""
+    terms' weight and backward_steps, `guide` the guidance network as samplers/cost prices it."""
     checkpoint, positive, negative, latent = sd
     extra = {"guidance_vae": guidance_vae} if guidance_vae else {}
     levers = {}
@@ -419,6 +419,8 @@ def toy_world_segmentation() -> Workflow:
     grid = workflow.add("UGDImageGrid", "Target | unguided | guided", image_1=target[0], image_2=unguided_image[0],
                         image_3=guided_image[0])
     workflow.add("SaveImage", images=grid[0], filename_prefix="ugd_toy_segmentation_grid")
+    workflow.add("SaveImage", "Loss plot (the guided sampler's second output)", images=guided[1],
+                 filename_prefix="ugd_toy_segmentation_loss_plot")
     return workflow
 
 

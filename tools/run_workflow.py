@@ -43,6 +43,8 @@ VAE_APPROX = {name: (f"{name}_encoder", f"{name}_decoder") for name in ("taesd",
 STAND_IN_SIZE, STAND_IN_MAX_STEPS = 64, 10
 DEMO_WORKFLOW = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows",
                              "toy_world_segmentation_guidance.json")
+DEMO_PICTURE_PREFIX = "ugd_toy_segmentation_grid"  # the demo's grid, 200×266 px: enlarged to be looked at
+DEMO_ENLARGEMENT = 4
 
 
 def _vae_approx_missing(name: str, folder_paths) -> list[str]:
@@ -180,10 +182,25 @@ def main(argv=None) -> int:
             message = error.get("exception_message") or json.dumps(error, default=str)
             print(f"error: {message}", file=sys.stderr)
         return 1
-    for node_output in result.outputs.values():
-        for image in node_output.get("images", []):
-            print("wrote", os.path.join(host.output_dir, image["subfolder"], image["filename"]))
+    written = [os.path.join(host.output_dir, image["subfolder"], image["filename"])
+               for node_output in result.outputs.values() for image in node_output.get("images", [])]
+    for path in written:
+        print("wrote", path)
+    demo = [path for path in written if os.path.basename(path).startswith(DEMO_PICTURE_PREFIX)]
+    if os.path.abspath(args.workflow) == os.path.abspath(DEMO_WORKFLOW) and demo:
+        print(f"The demo picture, {DEMO_ENLARGEMENT}× enlarged: {enlarged_copy(demo[-1])}")
     return 0
+
+
+def enlarged_copy(path: str) -> str:
+    """A nearest-neighbour copy of the image, DEMO_ENLARGEMENT times larger, beside it (`…_x4.png`)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        large = image.resize((image.width * DEMO_ENLARGEMENT, image.height * DEMO_ENLARGEMENT), Image.NEAREST)
+    target = os.path.abspath(os.path.splitext(path)[0] + f"_x{DEMO_ENLARGEMENT}.png")
+    large.save(target)
+    return target
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""What a counted guided run would cost on Stable Diffusion 1.5 at 512 px, as a multiple of an unguided run.
+"""What a guided run costs on Stable Diffusion 1.5 at 512 px, as a multiple of an unguided run.
 
-Prices the passes that `samplers.pass_counts` counted, per sample, with the part costs that bench/speed measured
-and wrote to bench/part_costs.json (seconds per image, forward and backward; rerun bench/speed to update them):
+Prices the passes that `pass_counts` counted, per sample, with the part costs that bench/speed measured and
+wrote to samplers/part_costs.json (seconds per image, forward and backward; rerun bench/speed to update them):
 
 - each denoiser pass as SD's UNet on a cond and uncond pair, as SD runs with classifier-free guidance and as
   bench/speed measured it, whatever CFG the counted run used;
@@ -10,25 +10,24 @@ and wrote to bench/part_costs.json (seconds per image, forward and backward; rer
 
 Both runs end with one VAE decode. The reference is an unguided run of 20 steps: 20 UNet pairs and that decode.
 
-`settings_multiple` prices settings that have not run: it counts the passes of the engine on a tiny stand-in
-of the denoiser, decoder and loss, with the same steps, recurrence, windows and guidance terms (the shipped
-workflows' notes quote it).
+`counted_passes` counts what settings will run before they run: the engine's own loop on a tiny stand-in of the
+denoiser, decoder and loss, with the same steps, recurrence, windows, method and guidance terms (the sampler
+nodes log it before sampling, the shipped workflows' notes quote it); `settings_multiple` prices that count.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
-import sys
 from typing import Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from samplers.decoding import at_reduced_resolution  # noqa: E402
-from samplers.pass_counts import PassCounts  # noqa: E402
-from samplers.terms import GuidanceTerm  # noqa: E402
-from samplers.universal_guidance import sample_universal_guidance  # noqa: E402
+from .decoding import at_reduced_resolution
+from .pass_counts import PassCounts
+from .terms import GuidanceTerm
+from .universal_guidance import sample_universal_guidance
 
 PART_COSTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "part_costs.json")
 REFERENCE_STEPS = 20
@@ -78,26 +77,33 @@ class _StandInLoss:
         return lambda image: image.square().flatten(1).mean(1)
 
 
-def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], gradient: str = "through_unet",
-                   guidance_every: int = 1, guidance_end: float = 1.0, backward_end: float = 0.0,
-                   backward_recurrence: int = 0, decode_resolution: str = "full",
-                   weight_scale: float = 1.0) -> PassCounts:
-    """One sample's passes in a guided run of these settings (the sampler's levers by their input names), counted
-    on a stand-in of the denoiser, decoder and loss; `terms` are GuidanceTerm settings (weight, backward_steps,
-    start_percent, end_percent)."""
+def term_settings(term: GuidanceTerm) -> dict:
+    """A term's settings as counted_passes takes them: everything but its name, loss and models."""
+    return {f.name: getattr(term, f.name) for f in dataclasses.fields(term) if f.name not in ("name", "loss", "models")}
+
+
+def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], decode_resolution: str = "full",
+                   weight_scale: float = 1.0, sigmas: torch.Tensor | None = None, noise_scaling=None,
+                   **levers) -> PassCounts:
+    """One sample's passes in a guided run of these settings, counted on a stand-in of the denoiser, decoder and
+    loss. `terms` are GuidanceTerm settings (weight, backward_steps, start_percent, …; `term_settings`), `levers`
+    the engine's by their input names (guidance_every, backward_end, gradient, method, …). `sigmas` and
+    `noise_scaling` are the run's own where known: a flow model's first step holds no x0, and some methods skip it."""
     counts, size = PassCounts(), 4
     decode = at_reduced_resolution(counts.counted("decoder", lambda x0: x0.repeat(1, 3, 8, 8), full_area=size * size),
                                    decode_resolution)
     guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(),
                                   **{**term, "weight": term.get("weight", 0.0) * weight_scale})
                      for i, term in enumerate(terms))
-    sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])
+    if sigmas is None:
+        sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])
+        noise_scaling = lambda sigma, noise, latent, **kw: sigma * noise + latent  # noqa: E731
     denoiser = lambda x, sigma, **extra: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)  # noqa: E731
+    if levers.get("gradient") == "unconditional":
+        levers["unconditional"] = lambda x, sigma: (denoiser(x, sigma), denoiser(x, sigma))
     sample_universal_guidance(denoiser, torch.randn(1, 1, size, size), sigmas, guidance=guidance, decode=decode,
-                              noise_scaling=lambda sigma, noise, latent, **kw: sigma * noise + latent,
-                              recurrence=recurrence, guidance_every=guidance_every, guidance_end=guidance_end,
-                              backward_end=backward_end, backward_recurrence=backward_recurrence,
-                              gradient=gradient, counts=counts, disable=True)
+                              noise_scaling=noise_scaling, recurrence=recurrence, counts=counts, disable=True,
+                              **levers)
     return counts
 
 
@@ -106,3 +112,14 @@ def settings_multiple(steps: int, recurrence: int, terms: Sequence[dict], decode
     """The SD 1.5 cost, over an unguided 20-step run's, of a guided run of these settings (see counted_passes)."""
     counts = counted_passes(steps, recurrence, terms, **levers)
     return sd15_multiple(counts.forward, counts.backward, decoder, guide)
+
+
+def plan_summary(counts: PassCounts, steps: int, decoder: str) -> str:
+    """What a counted run will compute per sample, and its price over an unguided run of as many steps (the
+    guidance networks unpriced: their cost depends on which they are)."""
+    forward, backward = counts.forward, counts.backward
+    multiple = sd15_multiple(forward, backward, decoder, None) / unguided_multiple(steps)
+    return (f"{steps} steps, {forward['denoiser']:g} denoiser passes ({backward['denoiser']:g} with a backward "
+            f"pass), {forward['decoder']:g} guidance-decoder passes, {counts.backward_guidance_steps:g} "
+            f"backward-guidance steps per sample; about {multiple:.1f}× an unguided run of {steps} steps "
+            f"(priced as SD 1.5 at 512 px with the {decoder.upper()} decoder, the guidance networks left out)")
