@@ -7,6 +7,7 @@ import os
 import re
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,3 +202,32 @@ def test_every_stable_diffusion_note_says_what_each_sampler_is_expected_to_cost(
         assert float(costs[0]) <= 1.5  # the fast preset's target
     if name == "sd15_segmentation_guidance.json":
         assert float(costs[0].replace(",", "")) > 1000  # 500 steps with k = 10 through the UNet and the VAE
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_every_workflow_has_its_templates_thumbnail(name):
+    """ComfyUI's Templates browser shows <name>.jpg as the workflow's card; without it the card is blank."""
+    from PIL import Image
+
+    path = os.path.join(WORKFLOWS_DIR, name[:-len(".json")] + ".jpg")
+    with Image.open(path) as image:
+        assert image.format == "JPEG" and image.size == (512, 384)
+        pixels = np.asarray(image.convert("RGB"), np.float32)
+    assert pixels[100:-30].std() > 20  # a picture of the target, not an empty card
+
+
+@pytest.mark.parametrize("name", [f for f in UI_FILES if not f.startswith("toy_world")])
+def test_committed_thumbnails_are_what_the_script_draws_from_the_workflows(name):
+    """A changed target (map, boxes, text, hole) shows in the card once tools/draw-workflow-thumbnails runs."""
+    from PIL import Image
+    from draw_workflow_thumbnails import thumbnail
+
+    drawn = np.asarray(thumbnail(name[:-len(".json")]), np.float32)
+    with Image.open(os.path.join(WORKFLOWS_DIR, name[:-len(".json")] + ".jpg")) as image:
+        committed = np.asarray(image.convert("RGB"), np.float32)
+    assert np.abs(drawn - committed).mean() < 3  # JPEG's loss only
+
+
+def test_every_thumbnail_belongs_to_a_workflow():
+    stems = {f[:-len(".json")] for f in UI_FILES}
+    assert {f[:-len(".jpg")] for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".jpg")} == stems

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import urllib.error
+import urllib.request
 
 import pytest
 
@@ -89,6 +90,11 @@ def test_current_comfyui_offers_the_workflows_as_templates_and_not_their_api_twi
     assert sorted(templates["comfyui_universal_guidance"]) == sorted(name[:-len(".json")] for name in UI_FILES)
     workflow = server.get(f"/api/workflow_templates/comfyui_universal_guidance/{UI_FILES[0]}")
     assert workflow == load(UI_FILES[0])
+    for name in UI_FILES:  # each card's thumbnail, served beside its workflow
+        thumbnail = name.replace(".json", ".jpg")
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/comfyui_universal_guidance/{thumbnail}") as response:
+            with open(os.path.join(WORKFLOWS_DIR, thumbnail), "rb") as f:
+                assert response.read() == f.read()
 
 
 # --- the frontend ---------------------------------------------------------------------------------------------
@@ -161,8 +167,16 @@ class FrontendPage:
         self.page.close()
 
 
+@pytest.fixture(scope="module")
+def returning_user(server):
+    """Current frontends open "Get Started with a Template" on a user's first page (Comfy.TutorialCompleted
+    false), which would sit over the first workflow a test loads; the server's settings say it was seen."""
+    assert server.post("/settings", {"Comfy.TutorialCompleted": True})[0] == 200
+    assert server.get("/settings/Comfy.TutorialCompleted") is True
+
+
 @pytest.fixture
-def frontend(browser, server):
+def frontend(browser, server, returning_user):
     page = FrontendPage(browser, server)
     yield page
     page.close()
@@ -205,6 +219,38 @@ def test_workflow_loads_in_the_frontend_with_every_node_and_widget(frontend, obj
     twin = load(os.path.join("api", name))
     assert declared(frontend.prompt()) == declared(twin)
     assert all(twin[k]["inputs"].keys() <= dict(declared_inputs(object_info[v["class_type"]])).keys() for k, v in twin.items())
+
+
+def _has_templates_browser(page) -> bool:
+    return page.evaluate(f"() => !!{APP}.extensionManager?.command")
+
+
+def test_a_first_time_user_would_get_the_template_dialog_that_the_setting_keeps_shut(browser, server, returning_user):
+    """What `returning_user` prevents: with Comfy.TutorialCompleted false, a fresh page opens the dialog."""
+    assert server.post("/settings", {"Comfy.TutorialCompleted": False})[0] == 200
+    page = None
+    try:
+        page = FrontendPage(browser, server)
+        if not _has_templates_browser(page.page):
+            pytest.skip("this frontend has no Templates browser (before 2025)")
+        page.page.wait_for_function("() => document.body.innerText.includes('Get Started with a Template')",
+                                    timeout=30_000)
+    finally:
+        assert server.post("/settings", {"Comfy.TutorialCompleted": True})[0] == 200
+        if page is not None:
+            page.close()
+
+
+def test_the_templates_browser_shows_every_workflow_with_its_thumbnail(frontend):
+    if not _has_templates_browser(frontend.page):
+        pytest.skip("this frontend has no Templates browser (before 2025)")
+    frontend.page.evaluate(f"() => {APP}.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    # The cards in view load their .jpg (512×384); the ones below the fold load when scrolled to.
+    frontend.page.wait_for_function("""() => Array.from(document.images)
+        .filter(i => i.complete && i.naturalWidth === 512 && i.naturalHeight === 384).length >= 4""", timeout=30_000)
+    text = frontend.page.evaluate("() => Array.from(document.querySelectorAll('[role=dialog]')).map(e => e.innerText).join(' ')")
+    assert "Get Started with a Template" in text and all(name[:-len(".json")] in text for name in UI_FILES), text[:2000]
+    frontend.page.screenshot(path=screenshot_path("templates_browser.json"))
 
 
 def test_frontend_check_sees_a_missing_node_type(frontend):
