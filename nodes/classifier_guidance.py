@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..guidance.classifier import ARCHITECTURES, ClassifierLoss, build_classifier, class_index, default_weights
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, managed, weights_input, WeightsFileLoader
+from .network_weights import load_network, managed, weights_input, WeightsFileLoader
 
 CLASSIFIER_MODEL = "UGD_CLASSIFIER_MODEL"
 
@@ -23,7 +23,8 @@ class ClassifierModelLoader(WeightsFileLoader):
         }}
 
     def load(self, architecture, weights):
-        return (managed(build_classifier(architecture, load_state_dict(weights, default_weights(architecture).url))),)
+        url = default_weights(architecture).url
+        return (managed(load_network(weights, url, lambda state: build_classifier(architecture, state))),)
 
 
 class ClassifierGuidance:

@@ -10,7 +10,6 @@ import torch
 
 import comfy.model_management
 import comfy.model_patcher
-import comfy.utils
 import folder_paths
 
 from ..guidance.clip_gram_style import CLIPGramStyleLoss, style_grams
@@ -18,7 +17,7 @@ from ..guidance.clip_similarity import CLIPSimilarityLoss, build_clip_model, enc
 from ..guidance.images import image_to_bchw
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 from .model_folder import MODEL_FOLDER, model_folder_hint
-from .network_weights import LoaderNode, managed
+from .network_weights import LoaderNode, built_from, managed
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,8 @@ class CLIPGuidanceModelLoader(LoaderNode):
         if weights == DOWNLOAD:
             model = _download(architecture, pretrained_tag)
         else:
-            state_dict = comfy.utils.load_torch_file(folder_paths.get_full_path(MODEL_FOLDER, weights), safe_load=True)
-            model = build_clip_model(architecture, state_dict)
+            model = built_from(folder_paths.get_full_path(MODEL_FOLDER, weights),
+                               lambda state: build_clip_model(architecture, state))
         return (ClipGuidanceModel.wrap(model, architecture),)
 
 

@@ -5,7 +5,7 @@ import comfy.model_management
 
 from ..guidance.face_identity import VGGFACE2_URL, FaceIdentityLoss, build_face_networks, reference_embeddings
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import file_name, load_state_dict, managed, weights_input, WeightsFileLoader
+from .network_weights import file_name, load_network, managed, weights_input, WeightsFileLoader
 
 FACE_MODEL = "UGD_FACE_MODEL"
 VGGFACE2_FILE = file_name(VGGFACE2_URL)
@@ -23,7 +23,7 @@ class FaceModelLoader(WeightsFileLoader):
         return {"required": {"weights": weights_input(VGGFACE2_FILE)}}
 
     def load(self, weights):
-        return (managed(build_face_networks(load_state_dict(weights, VGGFACE2_URL))),)
+        return (managed(load_network(weights, VGGFACE2_URL, build_face_networks)),)
 
 
 class FaceIdentityGuidance:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..guidance.object_location import UNITS, WEIGHTS, ObjectLocationLoss, build_detector, parse_box_sets
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import file_name, load_state_dict, managed, weights_input, WeightsFileLoader
+from .network_weights import file_name, load_network, managed, weights_input, WeightsFileLoader
 
 DETECTOR_MODEL = "UGD_DETECTOR_MODEL"
 DETECTOR_FILE = file_name(WEIGHTS.url)
@@ -21,7 +21,7 @@ class ObjectDetectorLoader(WeightsFileLoader):
         return {"required": {"weights": weights_input(DETECTOR_FILE)}}
 
     def load(self, weights):
-        return (managed(build_detector(load_state_dict(weights, WEIGHTS.url))),)
+        return (managed(load_network(weights, WEIGHTS.url, build_detector)),)
 
 
 class ObjectLocationGuidance:

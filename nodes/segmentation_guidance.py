@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..guidance.segmentation import ARCHITECTURES, VOC_CLASSES, SegmentationLoss, build_segmenter, class_map_from_colours, class_map_from_mask
 from ..toy_world.networks import SEGMENTATION_CLASSES as TOY_CLASSES
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
-from .network_weights import load_state_dict, managed, weights_input, WeightsFileLoader
+from .network_weights import load_network, managed, weights_input, WeightsFileLoader
 
 SEGMENTATION_MODEL = "UGD_SEGMENTATION_MODEL"
 CLASS_NAMES = list(VOC_CLASSES[1:]) + [c for c in TOY_CLASSES[1:] if c not in VOC_CLASSES]  # VOC, then the toy world's
@@ -25,7 +25,7 @@ class SegmentationModelLoader(WeightsFileLoader):
         }}
 
     def load(self, architecture, weights):
-        return (managed(build_segmenter(architecture, load_state_dict(weights, ARCHITECTURES[architecture][1].url))),)
+        return (managed(load_network(weights, ARCHITECTURES[architecture][1].url, lambda state: build_segmenter(architecture, state))),)
 
 
 class SegmentationGuidance:
