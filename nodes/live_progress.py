@@ -4,6 +4,7 @@ later) or, on older hosts, as a log line per step."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from ..samplers.progress import LossHistory, PassReport
 
@@ -11,19 +12,14 @@ log = logging.getLogger(__name__)
 
 
 def _executing_node_and_server():
-    """(the executing node's id, the server that can show it text), or (None, None) outside a server."""
-    try:
-        import server
-    except ImportError:
-        return None, None
-    instance = getattr(server.PromptServer, "instance", None)
+    """(the executing node's id, the server that can show it text), or (None, None) outside a server. Only
+    modules the host has loaded are read: a headless host has no server to import."""
+    server = sys.modules.get("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
     if instance is None or not hasattr(instance, "send_progress_text"):
         return None, None
-    try:
-        from comfy_execution.utils import get_executing_context
-        context = get_executing_context()
-    except ImportError:
-        context = None
+    execution = sys.modules.get("comfy_execution.utils")
+    context = execution.get_executing_context() if hasattr(execution, "get_executing_context") else None
     node = context.node_id if context is not None else getattr(instance, "last_node_id", None)
     return (node, instance) if node is not None else (None, None)
 

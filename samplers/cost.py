@@ -101,7 +101,8 @@ def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], decode_re
     denoiser = lambda x, sigma, **extra: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)  # noqa: E731
     if levers.get("gradient") == "unconditional":
         levers["unconditional"] = lambda x, sigma: (denoiser(x, sigma), denoiser(x, sigma))
-    sample_universal_guidance(denoiser, torch.randn(1, 1, size, size), sigmas, guidance=guidance, decode=decode,
+    x = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(0))  # the global RNG left alone
+    sample_universal_guidance(denoiser, x, sigmas, guidance=guidance, decode=decode,
                               noise_scaling=noise_scaling, recurrence=recurrence, counts=counts, disable=True,
                               **levers)
     return counts

@@ -101,7 +101,12 @@ class _WarnOnce:
 
 
 def _checked_loss(loss_fn: BoundLoss, image: torch.Tensor, term: GuidanceTerm) -> torch.Tensor:
-    loss = loss_fn(image)
+    try:
+        loss = loss_fn(image)
+    except torch.OutOfMemoryError:
+        raise  # the host says what to change
+    except Exception as error:
+        raise RuntimeError(f"{term.name}: its guidance network failed ({type(error).__name__}: {error}).") from error
     if loss.shape != (image.shape[0],):
         raise ValueError(f"{term.name}: its loss must have shape ({image.shape[0]},), got {tuple(loss.shape)}.")
     return loss

@@ -1,13 +1,16 @@
 """A real ComfyUI server on 127.0.0.1 with this pack installed, for the frontend and /prompt tests."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,14 +27,16 @@ def _free_port() -> int:
 
 
 class ComfyServer:
-    """`python main.py --listen 127.0.0.1` in a scratch folder: its own custom_nodes (this pack), input
-    folder (the workflows' example inputs), output folder and log."""
+    """`python main.py --listen 127.0.0.1` in a scratch folder: its own custom_nodes (this pack, and any
+    `extra_custom_nodes` folders), input folder (the workflows' example inputs), output folder and log."""
 
-    def __init__(self, comfyui_path: str, timeout: float = 300):
+    def __init__(self, comfyui_path: str, timeout: float = 300, extra_custom_nodes: tuple[str, ...] = ()):
         self.root = tempfile.mkdtemp(prefix="ugd_server_")
         custom_nodes = os.path.join(self.root, "custom_nodes")
         os.makedirs(custom_nodes)
         os.symlink(PACK_DIR, os.path.join(custom_nodes, PACK_MODULE))
+        for folder in extra_custom_nodes:
+            os.symlink(folder, os.path.join(custom_nodes, os.path.basename(folder)))
         self.input_dir = os.path.join(self.root, "input")
         shutil.copytree(WORKFLOW_INPUTS, self.input_dir)
         self.output_dir = os.path.join(self.root, "output")
@@ -76,12 +81,24 @@ class ComfyServer:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
-    def run(self, prompt: dict, timeout: float = 600) -> dict:
+    def run(self, prompt: dict, timeout: float = 600, client_id: str = "ugd-tests") -> dict:
         """POST the prompt to /prompt and wait for its /history entry."""
-        status, answer = self.post("/prompt", {"prompt": prompt, "client_id": "ugd-tests"})
+        return self.wait(self.submit(prompt, client_id), timeout)
+
+    def submit(self, prompt: dict, client_id: str = "ugd-tests") -> str:
+        """POST the prompt to /prompt; its prompt id."""
+        status, answer = self.post("/prompt", {"prompt": prompt, "client_id": client_id})
         if status != 200:
             raise AssertionError(f"/prompt refused the prompt ({status}): {json.dumps(answer)[:3000]}")
-        prompt_id = answer["prompt_id"]
+        return answer["prompt_id"]
+
+    def resident_memory(self) -> int:
+        """The server process's resident memory in bytes."""
+        with open(f"/proc/{self.process.pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        """The prompt's /history entry, once it has run."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             history = self.get(f"/history/{prompt_id}")  # an entry appears once the prompt has run
@@ -98,3 +115,52 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self._log.close()
+
+
+class ServerEvents:
+    """The websocket messages the server sends one client id, collected in a background thread: JSON messages
+    as dicts, and the progress texts of `PromptServer.send_progress_text` as {"type": "progress_text", "data":
+    {"node": id, "text": text}}."""
+
+    TEXT_EVENT = 3  # server.BinaryEventTypes.TEXT
+
+    def __init__(self, server: ComfyServer, client_id: str):
+        self.url = server.url.replace("http://", "ws://") + f"/ws?clientId={client_id}"
+        self.messages: list[dict] = []
+        self._connected, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
+        self._thread.start()
+        if not self._connected.wait(60):
+            raise RuntimeError(f"could not connect to {self.url}")
+
+    async def _listen(self):
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(self.url) as socket_:
+                self._connected.set()
+                while not self._stop.is_set():
+                    try:
+                        message = await socket_.receive(timeout=0.5)
+                    except asyncio.TimeoutError:
+                        continue
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        self.messages.append(json.loads(message.data))
+                    elif message.type == aiohttp.WSMsgType.BINARY:
+                        self._binary(message.data)
+                    elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        break
+
+    def _binary(self, data: bytes):
+        (event,) = struct.unpack(">I", data[:4])
+        if event == self.TEXT_EVENT:
+            (length,) = struct.unpack(">I", data[4:8])
+            node = data[8:8 + length].decode()
+            self.messages.append({"type": "progress_text", "data": {"node": node, "text": data[8 + length:].decode()}})
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m["data"] for m in list(self.messages) if m.get("type") == kind]
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(10)
