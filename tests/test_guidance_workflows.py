@@ -155,7 +155,7 @@ def test_a_missing_weight_file_is_named_with_where_to_put_it(comfy, loader):
 
 
 def test_a_failed_download_names_the_file_and_where_to_put_it(comfy, monkeypatch, tmp_path):
-    def offline(url, destination, progress=True):
+    def offline(url, destination, hash_prefix=None, progress=True):
         raise OSError("no route to host (simulated)")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)

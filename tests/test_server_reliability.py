@@ -129,17 +129,17 @@ def _progress_of(events, prompt_id):
 
 @pytest.mark.parametrize("where, settings", [
     ("recurrence", dict(steps=4, recurrence=40, backward_steps=0)),
-    ("backward guidance", dict(steps=4, recurrence=2, backward_steps=400, backward_lr=0.01)),
+    ("backward guidance", dict(steps=3, recurrence=2, backward_steps=150, backward_lr=0.01)),
 ])
 def test_an_interrupt_is_honoured_within_the_pass_it_arrives_in_and_the_next_prompt_runs(server, events, where,
                                                                                          settings):
     """Progress moves on every pass, so after /interrupt at most the pass already running reports; under backward
-    guidance (400 steps a pass, checked before each), not even that one."""
+    guidance (150 steps a pass, checked before each), not even that one."""
     prompt_id = server.submit(good_prompt(seed=7, **settings), client_id=CLIENT)
-    deadline = time.time() + 300
-    while len(_progress_of(events, prompt_id)) < 2 and time.time() < deadline:
+    deadline = time.time() + 600
+    while not _progress_of(events, prompt_id) and time.time() < deadline:
         time.sleep(0.05)
-    assert len(_progress_of(events, prompt_id)) >= 2, "the run never reported progress"
+    assert _progress_of(events, prompt_id), "the run never reported progress"
     time.sleep(0.5)  # into the next pass's backward steps
     seen = len(_progress_of(events, prompt_id))
     assert server.post("/interrupt", {})[0] == 200

@@ -30,7 +30,7 @@ def toy(comfy):
 
 def guided(comfy, toy, cfg=1.0, steps=STEPS, recurrence=2, **speed):
     with torch.inference_mode():
-        (out,) = node(comfy, "UniversalGuidedKSampler").sample(
+        out, _ = node(comfy, "UniversalGuidedKSampler").sample(
             seed=SEED, steps=steps, cfg=cfg, sampler="ddim", scheduler="normal", denoise=1.0, recurrence=recurrence,
             **toy, **speed)
     return out["samples"]
@@ -124,7 +124,7 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
     assert counts.forward["decoder"] == samples * (guided_steps * k * 2 + late_steps * late_k)
     assert counts.backward["unet"] == 0  # x0_only
     with torch.inference_mode():
-        (spelled_out,) = node(comfy, "UniversalGuidedKSampler").sample(
+        spelled_out, _ = node(comfy, "UniversalGuidedKSampler").sample(
             seed=SEED, steps=fast.steps, cfg=1.0, sampler="ddim", scheduler="normal", denoise=1.0,
             recurrence=fast.recurrence, **fast.levers(), **toy)
     torch.testing.assert_close(preset_run, spelled_out["samples"])
