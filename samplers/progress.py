@@ -33,7 +33,8 @@ class PassLosses:
     def watched(self, label: str, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
         def call(image: torch.Tensor) -> torch.Tensor:
             loss = loss_fn(image)
-            self.values.setdefault(label, float(loss.detach().float().mean()))
+            if label not in self.values:  # read once a pass: each reading waits for the device
+                self.values[label] = float(loss.detach().float().mean())
             return loss
 
         return call
