@@ -99,7 +99,10 @@ def check_guidance(guidance, latent_shape, vae) -> None:
         raise ValueError(f"Universal guidance works on image latents (B, C, h, w); got shape {tuple(latent_shape)}.")
     scale = vae_scale(vae)
     for term in guidance:
-        term.loss.check(latent_shape[0], latent_shape[2] * scale, latent_shape[3] * scale)
+        if term.reads_noisy_input:
+            term.loss.check_noisy_input(tuple(latent_shape))
+        else:
+            term.loss.check(latent_shape[0], latent_shape[2] * scale, latent_shape[3] * scale)
 
 
 def guidance_patchers(guidance) -> list:

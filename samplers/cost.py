@@ -70,16 +70,21 @@ def unguided_multiple(steps: int, costs: dict | None = None) -> float:
 
 
 class _StandInLoss:
+    def __init__(self, reads_noisy_input: bool = False):
+        self.reads_noisy_input = reads_noisy_input
+
     def check(self, batch: int, height: int, width: int) -> None:
         pass
 
     def bind(self, device):
-        return lambda image: image.square().flatten(1).mean(1)
+        return lambda image, *noise_level: image.square().flatten(1).mean(1)
 
 
 def term_settings(term: GuidanceTerm) -> dict:
-    """A term's settings as counted_passes takes them: everything but its name, loss and models."""
-    return {f.name: getattr(term, f.name) for f in dataclasses.fields(term) if f.name not in ("name", "loss", "models")}
+    """A term's settings as counted_passes takes them: everything but its name, loss and models, and whether its
+    loss reads the noisy latent."""
+    settings = {f.name: getattr(term, f.name) for f in dataclasses.fields(term) if f.name not in ("name", "loss", "models")}
+    return {**settings, "reads_noisy_input": term.reads_noisy_input}
 
 
 def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], decode_resolution: str = "full",
@@ -92,8 +97,9 @@ def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], decode_re
     counts, size = PassCounts(), 4
     decode = at_reduced_resolution(counts.counted("decoder", lambda x0: x0.repeat(1, 3, 8, 8), full_area=size * size),
                                    decode_resolution)
-    guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(),
-                                  **{**term, "weight": term.get("weight", 0.0) * weight_scale})
+    guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(term.get("reads_noisy_input", False)),
+                                  **{k: v for k, v in term.items() if k not in ("reads_noisy_input", "weight")},
+                                  weight=term.get("weight", 0.0) * weight_scale)
                      for i, term in enumerate(terms))
     if sigmas is None:
         sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])

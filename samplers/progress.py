@@ -31,8 +31,8 @@ class PassLosses:
         self.values: dict[str, float] = {}
 
     def watched(self, label: str, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
-        def call(image: torch.Tensor) -> torch.Tensor:
-            loss = loss_fn(image)
+        def call(*inputs: torch.Tensor) -> torch.Tensor:  # the image, or a noisy latent and its noise level
+            loss = loss_fn(*inputs)
             if label not in self.values:  # read once a pass: each reading waits for the device
                 self.values[label] = float(loss.detach().float().mean())
             return loss

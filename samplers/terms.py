@@ -24,6 +24,10 @@ class GuidanceLoss(Protocol):
     `loss(image) -> Tensor[B]` for decoded images (B, 3, H, W) in [0, 1]; lower is better, and
     sample i's loss depends on image i only. `check(batch, height, width)` raises ValueError for
     inputs that cannot serve a batch of that size and image shape.
+
+    A loss with `reads_noisy_input = True` (a noise-aware classifier's) reads the sampler's noisy latent instead:
+    its bound loss is `loss(z, noise_level)`, z = x/√(a² + b²) the DDPM latent and noise_level σ = b/a, its
+    gradient is taken on x without the denoiser or decoder, and `check_noisy_input(latent shape)` replaces `check`.
     """
 
     def bind(self, device: torch.device) -> BoundLoss: ...
@@ -71,11 +75,19 @@ class GuidanceTerm:
             raise ValueError(f"{self.name}: backward_lr must be > 0, got {self.backward_lr}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"{self.name}: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        if self.reads_noisy_input and self.backward_steps:
+            raise ValueError(f"{self.name}: it reads the noisy latent x_t, which backward guidance (steps on the clean "
+                             f"x0) does not reach; set backward_steps to 0.")
         if not 0.0 <= self.start_percent < self.end_percent <= 1.0:
             raise ValueError(
                 f"{self.name}: need 0 <= start_percent < end_percent <= 1, "
                 f"got {self.start_percent} and {self.end_percent}."
             )
+
+    @property
+    def reads_noisy_input(self) -> bool:
+        """Whether the loss reads the noisy latent x_t itself rather than the decoded x0 (see GuidanceLoss)."""
+        return bool(getattr(self.loss, "reads_noisy_input", False))
 
     def active_at(self, step: int, steps: int) -> bool:
         """Whether the term guides step `step` of `steps` (its window is a fraction of the steps)."""

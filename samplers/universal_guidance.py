@@ -168,15 +168,21 @@ class GuidedDenoiser:
 
     def forward_step(self, x, sigma, weighted_losses, a: float, b: float):
         """(the denoiser's x0, Σ c_i·g_i) for [(term, loss, c_i)]: g_i is ∇ₓℓ_i, through the denoiser or at x0 as
-        `gradient` says, or rescaled for auto terms; terms with c_i = 0 take no gradient."""
-        weighted = [(t, fn, c) for t, fn, c in weighted_losses if c > 0]
+        `gradient` says, or rescaled for auto terms; terms with c_i = 0 take no gradient. Terms that read the noisy
+        latent take theirs at x itself, whatever `gradient` says."""
+        weighted = [(t, fn, c) for t, fn, c in weighted_losses if c > 0 and not t.reads_noisy_input]
+        on_noisy = [(t, fn, c) for t, fn, c in weighted_losses if c > 0 and t.reads_noisy_input]
         if not weighted:
             x0 = self.model(x, sigma, **self.extra_args)
-            return x0, torch.zeros_like(x0)
-        if self.gradient == "x0_only":
+            step = torch.zeros_like(x0)
+        elif self.gradient == "x0_only":
             x0 = self.model(x, sigma, **self.extra_args)
-            return x0, self.step_at_x0(x0, weighted, a, noise_rms(x, x0, a, b))
-        return self.step_through_unet(x, sigma, weighted, a, b)
+            step = self.step_at_x0(x0, weighted, a, noise_rms(x, x0, a, b))
+        else:
+            x0, step = self.step_through_unet(x, sigma, weighted, a, b)
+        if on_noisy:
+            step = step + self.step_at_noisy_input(x, on_noisy, a, b, noise_rms(x, x0, a, b))
+        return x0, step
 
     def smoothed(self, noise: torch.Tensor) -> "GuidedDenoiser":
         """This denoiser with every guidance loss read at x0 + noise (TFG's smoothing)."""
@@ -291,6 +297,21 @@ class GuidedDenoiser:
             with self.precision.autocast(reduced):
                 weighted = self._weighted_losses(self.decode(x0_in), weighted_losses, reduced)
             step = self._guidance_step(weighted, x0_in, reduced, project, rms_noise)
+            return None if step is None else step.detach()
+
+        return self._in_precision(compute)
+
+    def step_at_noisy_input(self, x, weighted_losses, a: float, b: float, rms_noise: torch.Tensor):
+        """Eq. 6's step for losses of the noisy latent (classifier guidance): g_i = ∇ₓℓ_i(x/√(a²+b²), b/a), with no
+        denoiser or decoder in the way; confined to the update mask, as the denoiser confines its own output."""
+        mask, radius = self.update_mask, math.hypot(a, b)
+
+        def compute(reduced: bool):
+            x_in = x.detach().clone().requires_grad_(True)
+            at_x = [(term, lambda z, fn=fn: fn(z, b / a), scale) for term, fn, scale in weighted_losses]
+            with self.precision.autocast(reduced):
+                weighted = self._weighted_losses(x_in / radius, at_x, reduced)
+            step = self._guidance_step(weighted, x_in, reduced, lambda g: g if mask is None else g * mask, rms_noise)
             return None if step is None else step.detach()
 
         return self._in_precision(compute)

@@ -15,7 +15,7 @@ from . import raw
 
 
 def _root(fn):
-    return lambda image: fn(image).clamp_min(1e-12).sqrt()
+    return lambda *inputs: fn(*inputs).clamp_min(1e-12).sqrt()
 
 
 def guided_pass(p):
