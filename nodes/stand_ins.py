@@ -25,12 +25,15 @@ from ..guidance.clip_similarity import small_random_clip
 from ..guidance.face_identity import small_random_face_networks
 from ..guidance.object_location import small_random_detector
 from ..guidance.segmentation import small_random_segmenter
+from .adm_model import adm_model, pixel_space_vae
 from .classifier_guidance import CLASSIFIER_MODEL
 from .clip_guidance import CLIP_GUIDANCE_MODEL, ClipGuidanceModel
 from .face_guidance import FACE_MODEL
 from .network_weights import LoaderNode, managed
+from .noise_aware_classifier_guidance import NOISE_AWARE_CLASSIFIER, noise_aware_classifier
 from .object_location_guidance import DETECTOR_MODEL
 from .segmentation_guidance import SEGMENTATION_MODEL
+from .toy_world_loaders import UNCONDITIONAL
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,11 @@ VAE_CONFIG = {
         "ch": 32, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
     },
 }
+# guided-diffusion's networks at a tiny size, for 64×64 images (tools/run_workflow.py's stand-in size)
+ADM_UNET_CONFIG = dict(image_channels=3, model_channels=32, num_res_blocks=1, attention_resolutions=(2,),
+                       channel_mult=(1, 2), num_head_channels=32, learn_sigma=True, num_classes=None)
+ADM_CLASSIFIER_CONFIG = dict(image_size=64, image_channels=3, model_channels=32, num_res_blocks=1,
+                             attention_resolutions=(2,), channel_mult=(1, 2), num_head_channels=32, num_classes=1000)
 TEXT_CONFIG = {
     "architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", "hidden_size": CONTEXT_DIM,
     "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 49408,
@@ -76,12 +84,13 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     ComfyUI builds its layers without initialising them, so this is what makes the weights defined.
     """
     generator = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
-        if p.ndim <= 1:
-            p.copy_(torch.ones_like(p) if p.ndim == 1 and name.endswith("weight") else torch.zeros_like(p))
-        else:
-            fan_in = p[0].numel()
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) / fan_in**0.5)
+    with torch.no_grad():  # also outside the executor's inference mode
+        for name, p in module.named_parameters():
+            if p.ndim <= 1:
+                p.copy_(torch.ones_like(p) if p.ndim == 1 and name.endswith("weight") else torch.zeros_like(p))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) / fan_in**0.5)
     return module
 
 
@@ -133,6 +142,38 @@ class StandInCheckpoint(LoaderNode):
         return (stand_in_model(seed), stand_in_clip(seed), stand_in_vae(seed))
 
 
+def stand_in_adm_model(seed: int):
+    model = adm_model(ADM_UNET_CONFIG)
+    randomize(model.model.diffusion_model, seed)
+    return model
+
+
+def stand_in_noise_aware_classifier(seed: int):
+    classifier = noise_aware_classifier(ADM_CLASSIFIER_CONFIG)
+    randomize(classifier.network, seed)
+    return classifier
+
+
+class StandInADMModel(LoaderNode):
+    """A pixel-space MODEL shaped like guided-diffusion's but tiny and random: for testing a graph's wiring."""
+
+    DESCRIPTION = ("Random-weight stand-ins for the ADM Model Loader's outputs: a tiny guided-diffusion UNet (64×64 "
+                   "pixels), the pixel VAE and the unconditional CONDITIONING. Their images mean nothing: use them only "
+                   "to test a workflow.")
+    CATEGORY = "universal_guidance/testing"
+    RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING")
+    RETURN_NAMES = ("model", "pixel_vae", "unconditional")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})}}
+
+    def load(self, seed):
+        log.warning("Using a STAND-IN guided-diffusion model with random weights: the images will not mean anything.")
+        return (stand_in_adm_model(seed), pixel_space_vae(), UNCONDITIONAL)
+
+
 class StandInCLIPGuidanceModel(LoaderNode):
     """A CLIP guidance model with random weights, for testing a graph's wiring."""
 
@@ -177,15 +218,20 @@ STAND_IN_NETWORKS = {
                                  "Stand-in Object Detector (random weights, testing)"),
     "UGDStandInClassifier": (_stand_in_network_node(CLASSIFIER_MODEL, small_random_classifier, "ImageNet classifier"),
                              "Stand-in Classifier (random weights, testing)"),
+    "UGDStandInNoiseAwareClassifier": (_stand_in_network_node(NOISE_AWARE_CLASSIFIER, stand_in_noise_aware_classifier,
+                                                              "noise-aware classifier", " of 64×64 noisy images"),
+                                       "Stand-in Noise-Aware Classifier (random weights, testing)"),
 }
 
 NODE_CLASS_MAPPINGS = {
     "UGDStandInCheckpoint": StandInCheckpoint,
     "UGDStandInCLIPGuidanceModel": StandInCLIPGuidanceModel,
+    "UGDStandInADMModel": StandInADMModel,
     **{name: node for name, (node, _) in STAND_IN_NETWORKS.items()},
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UGDStandInCheckpoint": "Stand-in Checkpoint (random weights, testing)",
     "UGDStandInCLIPGuidanceModel": "Stand-in CLIP Guidance Model (random weights, testing)",
+    "UGDStandInADMModel": "Stand-in ADM Model (random weights, testing)",
     **{name: title for name, (_, title) in STAND_IN_NETWORKS.items()},
 }

@@ -1,0 +1,154 @@
+"""guided-diffusion's pixel-space models in ComfyUI: the loader, the pixel "VAE" and an empty image latent.
+
+The loader gives a real MODEL: ComfyUI's BaseModel around the pack's ADMUNet (adm/networks.py), with ComfyUI's
+discrete ε schedule set to guided-diffusion's linear one, under a ModelPatcher, so KSampler, the pack's samplers
+and ComfyUI's memory management all take it. The model samples images in [−1, 1] directly; the pixel VAE maps
+them to and from ComfyUI's IMAGE unchanged (ComfyUI's own where the host has one, 2025-09 on).
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models_base
+import folder_paths
+
+from ..adm.configs import DIFFUSION_MODELS, DOWNLOAD_BASE, RELEASES, SAMPLING, UNCONDITIONAL_256, layout_problem
+from ..adm.networks import ADMUNet
+from .network_weights import LoaderNode, read_state_dict
+from .toy_world_loaders import UNCONDITIONAL, toy_vae
+
+MODEL_FOLDER = "unet"  # models/unet; current ComfyUI also reads models/diffusion_models under this name
+IMAGE_CHANNELS = 3
+SIDE_MULTIPLE = 32  # the 256 px UNet halves the image five times
+
+
+class PixelLatentFormat(comfy.latent_formats.LatentFormat):
+    """The latent is the image in [−1, 1]: no scale, and the preview shows its colours as they are."""
+    latent_channels = IMAGE_CHANNELS
+    scale_factor = 1.0
+
+    def __init__(self):
+        self.latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+class ADMModelConfig(comfy.supported_models_base.BASE):
+    unet_extra_config = {}
+    sampling_settings = dict(SAMPLING)
+    latent_format = PixelLatentFormat
+    supported_inference_dtypes = [torch.float32]  # as the reference ran it (--use_fp16 False)
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return comfy.model_base.BaseModel(self, model_type=comfy.model_base.ModelType.EPS, device=device,
+                                          unet_model=ADMUNet)
+
+
+def adm_model(architecture: dict, state_dict: dict | None = None):
+    """A MODEL (ModelPatcher) of an ADMUNet architecture, with `state_dict` loaded if given."""
+    base = ADMModelConfig(dict(architecture)).get_model({})
+    if state_dict is not None:
+        base.diffusion_model.load_state_dict(state_dict, strict=True)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+class PixelSpace(torch.nn.Module):
+    """What ComfyUI's VAE object calls as its first stage model, for a model that samples pixels: the identity."""
+
+    def encode(self, x: torch.Tensor, *_, **__) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor, *_, **__) -> torch.Tensor:
+        return z
+
+
+def pixel_space_vae() -> comfy.sd.VAE:
+    """ComfyUI's VAE object whose encode and decode only move IMAGE's [0, 1] to the latent's [−1, 1] and back."""
+    if importlib.util.find_spec("comfy.pixel_space_convert") is not None:  # ComfyUI's own, 2025-09 on
+        return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+    vae = toy_vae()  # an older host's VAE object, made by its own constructor, with the identity put in
+    vae.first_stage_model = PixelSpace()
+    vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
+                                                   offload_device=comfy.model_management.vae_offload_device())
+    vae.downscale_ratio = vae.upscale_ratio = 1
+    vae.latent_channels = IMAGE_CHANNELS
+    vae.memory_used_encode = vae.memory_used_decode = (
+        lambda shape, dtype: 2 * shape[1] * shape[2] * shape[3] * comfy.model_management.dtype_size(dtype))
+    return vae
+
+
+def missing_checkpoint(name: str) -> str:
+    where = " or ".join(folder_paths.get_folder_paths(MODEL_FOLDER))
+    usual = name if name in DIFFUSION_MODELS else "256x256_diffusion_uncond.pt"
+    return (f"guided-diffusion checkpoint '{name}' not found: put it in {where}. The paper's model is "
+            f"{usual}, from {DOWNLOAD_BASE}{usual} ({RELEASES}).")
+
+
+class ADMModelLoader(LoaderNode):
+    DESCRIPTION = ("Loads a guided-diffusion (ADM) checkpoint as a pixel-space MODEL, with its pixel VAE and the "
+                   "unconditional CONDITIONING to connect to both positive and negative (cfg 1). The paper's "
+                   "unconditional ImageNet experiments use 256x256_diffusion_uncond.pt; the LSUN bedroom, cat and "
+                   "horse models load too. Files go in models/unet (or models/diffusion_models); nothing downloads.")
+    CATEGORY = "universal_guidance/loaders"
+    RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING")
+    RETURN_NAMES = ("model", "pixel_vae", "unconditional")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = folder_paths.get_filename_list(MODEL_FOLDER)
+        return {"required": {"ckpt_name": (files or ["256x256_diffusion_uncond.pt"], {
+            "tooltip": "A guided-diffusion checkpoint in models/unet, e.g. 256x256_diffusion_uncond.pt."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name):
+        if ckpt_name not in folder_paths.get_filename_list(MODEL_FOLDER):
+            return missing_checkpoint(ckpt_name)
+        return True
+
+    def load(self, ckpt_name):
+        path = folder_paths.get_full_path(MODEL_FOLDER, ckpt_name)
+        if path is None:
+            raise FileNotFoundError(missing_checkpoint(ckpt_name))
+        state_dict = read_state_dict(path)
+        problem = layout_problem(state_dict, "256x256_diffusion_uncond")
+        if problem:
+            raise ValueError(f"{path} is not a 256×256 unconditional guided-diffusion UNet ({problem}). The loader "
+                             f"takes these checkpoints: {', '.join(DIFFUSION_MODELS)}.")
+        return (adm_model(UNCONDITIONAL_256, state_dict), pixel_space_vae(), UNCONDITIONAL)
+
+
+class EmptyPixelImage:
+    DESCRIPTION = ("An empty latent for a pixel-space model (ADM Model Loader): batch_size images of width×height, "
+                   "3 channels. The paper's model and the noise-aware classifier take 256×256.")
+    CATEGORY = "universal_guidance/latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = lambda: ("INT", {"default": 256, "min": SIDE_MULTIPLE, "max": 1024, "step": SIDE_MULTIPLE})  # noqa: E731
+        return {"required": {"width": size(), "height": size(),
+                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64})}}
+
+    def generate(self, width, height, batch_size):
+        if width % SIDE_MULTIPLE or height % SIDE_MULTIPLE:
+            raise ValueError(f"Empty Pixel Image: width and height must be multiples of {SIDE_MULTIPLE} for "
+                             f"guided-diffusion's UNet, got {width}×{height}.")
+        return ({"samples": torch.zeros(batch_size, IMAGE_CHANNELS, height, width)},)
+
+
+NODE_CLASS_MAPPINGS = {
+    "UGDADMModelLoader": ADMModelLoader,
+    "UGDEmptyPixelImage": EmptyPixelImage,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "UGDADMModelLoader": "ADM Model Loader (guided-diffusion, pixel space)",
+    "UGDEmptyPixelImage": "Empty Pixel Image (pixel-space models)",
+}
