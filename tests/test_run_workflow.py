@@ -48,14 +48,20 @@ def test_shipped_workflow_uses_only_known_nodes_and_validates(comfy, workflow):
     assert ok, (error, node_errors)
 
 
-def test_main_job_without_model_files_says_so_and_stops():
-    result = run_tool(WORKFLOWS[0], "--output", "unused")
+MODEL_FILES = {"sd15_clip_text_guidance.json": "v1-5-pruned-emaonly.safetensors",
+               "adm_clip_guidance.json": "256x256_diffusion_uncond.pt"}
+
+
+@pytest.mark.parametrize("name, model_file", MODEL_FILES.items())
+def test_main_job_without_model_files_says_so_and_stops(name, model_file):
+    result = run_tool(os.path.join(ROOT, "workflows", "api", name), "--output", "unused")
     assert result.returncode == 2
-    assert "v1-5-pruned-emaonly.safetensors" in result.stderr and "--stand-ins if-missing" in result.stderr
+    assert model_file in result.stderr and "--stand-ins if-missing" in result.stderr
 
 
-def test_main_job_with_stand_ins_writes_images_and_says_they_are_stand_ins(tmp_path):
-    result = run_tool(WORKFLOWS[0], "--output", str(tmp_path), "--stand-ins", "if-missing")
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_main_job_with_stand_ins_writes_images_and_says_they_are_stand_ins(tmp_path, name):
+    result = run_tool(os.path.join(ROOT, "workflows", "api", name), "--output", str(tmp_path), "--stand-ins", "if-missing")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "USING STAND-IN MODELS WITH RANDOM WEIGHTS" in result.stdout
     assert "NOT meaningful" in result.stdout

@@ -42,6 +42,19 @@ PAPER_SETTINGS = {
         "UniversalGuidedKSampler": {"cfg": 1}},
     "sd15_segmentation_guidance_fast.json": {"UGDSegmentationGuidance": {"weight": 400},
                                              "UniversalGuidedKSampler": {"preset": "fast", "steps": 10, "recurrence": 4}},
+    "adm_clip_guidance.json": {"UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
+                               "UGDCLIPTextGuidance": {"weight": 2, "schedule": "paper", "backward_steps": 0},
+                               "UniversalGuidedKSampler": {"recurrence": 10, "cfg": 1, "steps": 1000}},
+    "adm_object_location_forward_vs_backward.json": {
+        "UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
+        "UGDObjectLocationGuidance": {"weight": 100, "schedule": "paper"},
+        "UniversalGuidedKSampler": {"recurrence": 3, "cfg": 1, "steps": 1000}},
+    "adm_segmentation_inpainting.json": {
+        "UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
+        "UGDNoiseAwareClassifierLoader": {"weights": "256x256_classifier.pt"},
+        "UGDImageReconstructionGuidance": {"weight": 0, "backward_steps": 1}, "UGDSegmentationGuidance": {"weight": 200},
+        "UGDNoiseAwareClassifierGuidance": {"weight": 1, "schedule": "paper"},
+        "UniversalGuidedKSampler": {"recurrence": 1, "cfg": 1, "steps": 1000}},
 }
 
 
@@ -135,8 +148,10 @@ def test_shipped_box_list_is_the_one_in_the_workflows():
                 assert node["inputs"]["boxes"] == boxes
 
 
-def test_forward_vs_backward_workflow_differs_only_in_backward_steps():
-    prompt = prompt_of("sd15_unconditional_object_location_forward_vs_backward.json")
+@pytest.mark.parametrize("name", ["sd15_unconditional_object_location_forward_vs_backward.json",
+                                  "adm_object_location_forward_vs_backward.json"])
+def test_forward_vs_backward_workflow_differs_only_in_backward_steps(name):
+    prompt = prompt_of(name)
     forward, both = [n["inputs"] for n in prompt.values() if n["class_type"] == "UGDObjectLocationGuidance"]
     assert forward["backward_steps"] == 0 and both["backward_steps"] >= 1
     assert {k: v for k, v in forward.items() if k != "backward_steps"} == {k: v for k, v in both.items() if k != "backward_steps"}
@@ -202,6 +217,15 @@ def test_every_stable_diffusion_note_says_what_each_sampler_is_expected_to_cost(
         assert float(costs[0]) <= 1.5  # the fast preset's target
     if name == "sd15_segmentation_guidance.json":
         assert float(costs[0].replace(",", "")) > 1000  # 500 steps with k = 10 through the UNet and the VAE
+
+
+@pytest.mark.parametrize("name", [n for n in UI_FILES if n.startswith("adm_")])
+def test_every_adm_note_counts_each_samplers_passes(name):
+    """No ADM weights could be timed here, so its notes count the passes instead of pricing them."""
+    note = [n["widgets_values"][0] for n in load(name)["nodes"] if n["type"] == "Note"][0]
+    samplers = [n["inputs"] for n in prompt_of(name).values() if n["class_type"] == "UniversalGuidedKSampler"]
+    counted = re.findall(r"EXPECTED COST[^\n]*\nPer image, counted \(samplers/cost.py\): ([\d,]+) UNet passes", note)
+    assert [int(c.replace(",", "")) for c in counted] == [s["steps"] * s["recurrence"] for s in samplers]
 
 
 @pytest.mark.parametrize("name", UI_FILES)

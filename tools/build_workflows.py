@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_workflow import AUTO, DOWNLOAD_PRETRAINED  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from samplers.cost import settings_multiple  # noqa: E402
+from adm.configs import DOWNLOAD_BASE  # noqa: E402
+from samplers.cost import counted_passes, settings_multiple  # noqa: E402
 from samplers.presets import PRESETS  # noqa: E402
 from workflow_format import (  # noqa: E402
     CONTROL, UPLOAD, combo_choices, declared_inputs, input_options, socket_inputs, ui_to_api, widget_slots)
 
 WORKFLOWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
 SD15 = "v1-5-pruned-emaonly.safetensors"
+ADM_CHECKPOINT, ADM_CLASSIFIER = "256x256_diffusion_uncond.pt", "256x256_classifier.pt"
 SEED = 42  # the reference scripts' seed
 EXAMPLE_BOXES = "dog 0.07 0.32 0.43 0.68\nperson 0.55 0.11 0.95 0.89"
 COLUMN_WIDTH, NODE_WIDTH, NOTE_WIDTH = 380, 330, 460
@@ -138,15 +140,44 @@ def _wrapped_lines(text: str, width: int = 62) -> int:
     return sum(max(1, -(-len(line) // width)) for line in text.splitlines())
 
 
-def _stable_diffusion(workflow: Workflow, positive: str, negative: str = ""):
+@dataclass(frozen=True)
+class Base:
+    """What a guided sampler takes from the model's side of a graph; `pixel` for a pixel-space model."""
+    model: Output
+    vae: Output
+    positive: Output
+    negative: Output
+    latent: Output
+    pixel: bool = False
+
+
+def _stable_diffusion(workflow: Workflow, positive: str, negative: str = "") -> Base:
     checkpoint = workflow.add("CheckpointLoaderSimple", ckpt_name=SD15)
     positive = workflow.add("CLIPTextEncode", "Positive prompt", text=positive, clip=checkpoint[1])
     negative = workflow.add("CLIPTextEncode", "Negative prompt", text=negative, clip=checkpoint[1])
     latent = workflow.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    return checkpoint, positive, negative, latent
+    return Base(checkpoint[0], checkpoint[2], positive[0], negative[0], latent[0])
+
+
+def _adm(workflow: Workflow, batch_size: int = 1) -> Base:
+    """guided-diffusion's 256×256 unconditional ImageNet model, unconditioned (cfg 1), from an empty 256×256 image."""
+    adm = workflow.add("UGDADMModelLoader", ckpt_name=ADM_CHECKPOINT)
+    latent = workflow.add("UGDEmptyPixelImage", width=256, height=256, batch_size=batch_size)
+    return Base(adm[0], adm[1], adm[2], adm[2], latent[0], pixel=True)
 
 
 GUIDE_NAMES = {"clip": "CLIP RN50", "segmentation": "LR-ASPP"}
+
+
+def _pixel_cost_note(title: str, steps: int, recurrence: int, terms: list[dict], levers: dict) -> str:
+    """The passes of a pixel-space model's run, unpriced: no ADM weights could be timed here."""
+    counts = counted_passes(steps, recurrence, terms, **levers)
+    forward, backward = counts.forward, counts.backward
+    return (f"\n\nEXPECTED COST{f' ({title})' if title else ''}\nPer image, counted (samplers/cost.py): "
+            f"{forward['denoiser']:,.0f} UNet passes, {backward['denoiser']:,.0f} of them with a backward pass, "
+            f"{forward['guidance_network']:,.0f} guidance-network passes and {counts.backward_guidance_steps:,.0f} "
+            f"backward-guidance steps, against {steps:,} UNet passes unguided. Not priced: the ADM UNet's cost was "
+            f"not measured (bench/speed measures SD 1.5).")
 
 
 def _cost_note(title: str, steps: int, recurrence: int, terms: list[dict], decoder: str, guide: str | None,
@@ -161,12 +192,11 @@ def _cost_note(title: str, steps: int, recurrence: int, terms: list[dict], decod
             f"as bench/speed measured them.{unpriced}")
 
 
-def _sample_and_save(workflow: Workflow, sd, guidance: Output, prefix: str, *, steps: int, cfg: float,
+def _sample_and_save(workflow: Workflow, base: Base, guidance: Output, prefix: str, *, steps: int, cfg: float,
                      recurrence: int, terms: list[dict], guide: str | None, title: str | None = None,
                      guidance_vae: Output | None = None, preset: str | None = None, cost_title: str = ""):
     """The guided sampler, decode and save; the note gains the settings' expected cost. `terms` are the guidance
     terms' weight and backward_steps, `guide` the guidance network as samplers/cost prices it."""
-    checkpoint, positive, negative, latent = sd
     extra = {"guidance_vae": guidance_vae} if guidance_vae else {}
     levers = {}
     if preset:  # the widgets show the preset's values
@@ -175,12 +205,13 @@ def _sample_and_save(workflow: Workflow, sd, guidance: Output, prefix: str, *, s
         levers = chosen.levers()
         extra.update(levers, preset=preset)
     title = title or f"Universal Guided KSampler ({f'{preset} preset' if preset else f'k = {recurrence}'})"
-    workflow.note += _cost_note(cost_title, steps, recurrence, terms, "taesd" if guidance_vae else "vae", guide, levers)
-    sampler = workflow.add("UniversalGuidedKSampler", title, model=checkpoint[0], vae=checkpoint[2],
-                           positive=positive[0], negative=negative[0], latent_image=latent[0], guidance=guidance,
-                           seed=SEED, steps=steps, cfg=cfg, sampler="ddim", scheduler="ddim_uniform", denoise=1.0,
-                           recurrence=recurrence, **extra)
-    decode = workflow.add("VAEDecode", samples=sampler[0], vae=checkpoint[2])
+    workflow.note += (_pixel_cost_note(cost_title, steps, recurrence, terms, levers) if base.pixel else
+                      _cost_note(cost_title, steps, recurrence, terms, "taesd" if guidance_vae else "vae", guide, levers))
+    sampler = workflow.add("UniversalGuidedKSampler", title, model=base.model, vae=base.vae, positive=base.positive,
+                           negative=base.negative, latent_image=base.latent, guidance=guidance, seed=SEED, steps=steps,
+                           cfg=cfg, sampler="ddim", scheduler="ddim_uniform", denoise=1.0, recurrence=recurrence,
+                           **extra)
+    decode = workflow.add("VAEDecode", samples=sampler[0], vae=base.vae)
     workflow.add("SaveImage", images=decode[0], filename_prefix=prefix)
 
 
@@ -199,16 +230,18 @@ def _note(experiment: str, files: list[str], settings: str) -> str:
     return f"{experiment}\n\nMODEL FILES\n" + "\n".join(files) + f"\n\nSETTINGS THAT MATTER\n{settings}"
 
 
-def _clip_text_guided(name: str, note: str, text: str, recurrence: int, guidance_title: str) -> Workflow:
-    """CLIP text guidance on Stable Diffusion with an empty prompt, forward only, over 1000 DDIM steps."""
+def _clip_text_guided(name: str, note: str, text: str, recurrence: int, guidance_title: str, weight: float = 10.0,
+                      adm: bool = False) -> Workflow:
+    """CLIP text guidance, forward only, over 1000 DDIM steps: on Stable Diffusion with an empty prompt, or on
+    guided-diffusion's unconditional ImageNet model."""
     workflow = Workflow(name, note)
-    sd = _stable_diffusion(workflow, "")
+    base = _adm(workflow) if adm else _stable_diffusion(workflow, "")
     clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights=DOWNLOAD_PRETRAINED,
                         pretrained_tag="openai")
-    guidance = workflow.add("UGDCLIPTextGuidance", guidance_title, clip_model=clip[0], text=text, weight=10.0,
+    guidance = workflow.add("UGDCLIPTextGuidance", guidance_title, clip_model=clip[0], text=text, weight=weight,
                             backward_steps=0)
-    _sample_and_save(workflow, sd, guidance[0], name.replace("sd15", "ugd"), steps=1000, cfg=1.0,
-                     recurrence=recurrence, terms=[dict(weight=10.0)], guide="clip")
+    _sample_and_save(workflow, base, guidance[0], name.replace("sd15", "ugd"), steps=1000, cfg=1.0,
+                     recurrence=recurrence, terms=[dict(weight=weight)], guide="clip")
     return workflow
 
 
@@ -318,8 +351,8 @@ def style() -> Workflow:
     return workflow
 
 
-UNCONDITIONAL = ("The paper runs this on an unconditional ImageNet diffusion model; until the pack has a loader "
-                 "for one, it runs on Stable Diffusion with an empty prompt and cfg 1.")
+UNCONDITIONAL = ("The paper runs this on an unconditional ImageNet diffusion model, which the adm_ workflow of this "
+                 "experiment loads; this one runs it on Stable Diffusion with an empty prompt and cfg 1.")
 
 
 def unconditional_clip() -> Workflow:
@@ -333,27 +366,56 @@ def unconditional_clip() -> Workflow:
         "English foxhound by Edward Hopper", 10, "CLIP Text Guidance, forward only")
 
 
-def unconditional_object_location() -> Workflow:
-    workflow = Workflow("sd15_unconditional_object_location_forward_vs_backward", _note(
-        "OBJECT LOCATION: FORWARD ONLY vs FORWARD + BACKWARD, side by side (paper §4.2, Fig. 9). The same "
-        f"seed and boxes, sampled twice. {UNCONDITIONAL}",
-        [SD_FILE, DETECTOR_FILE],
-        "s(t) = 100·√(1−ᾱ) (weight 100, schedule paper) and k = 3 in both. The second adds backward "
-        "guidance: m = 1 Adam step with lr 1e-3 per pass, as in the reference. 1000 DDIM steps. The paper finds forward + backward places the objects, "
-        "where forward only often misses category or place."))
-    sd = _stable_diffusion(workflow, "")
+OBJECT_LOCATION_SETTINGS = (
+    "s(t) = 100·√(1−ᾱ) (weight 100, schedule paper) and k = 3 in both. The second adds backward guidance: m = 1 "
+    "Adam step with lr 1e-3 per pass, as in the reference. 1000 DDIM steps. The paper finds forward + backward places "
+    "the objects, where forward only often misses category or place.")
+
+
+def _object_location_forward_vs_backward(workflow: Workflow, base: Base) -> Workflow:
     detector = workflow.add("UGDObjectDetectorLoader", weights=AUTO)
     common = dict(detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions", weight=100.0, optimizer="adam",
                   backward_lr=1e-3)
     forward = workflow.add("UGDObjectLocationGuidance", "Forward only", backward_steps=0, **common)
     both = workflow.add("UGDObjectLocationGuidance", "Forward + backward (m = 1)", backward_steps=1, **common)
-    _sample_and_save(workflow, sd, forward[0], "ugd_object_location_forward", steps=1000, cfg=1.0,
+    prefix = "ugd_adm_object_location" if base.pixel else "ugd_object_location"
+    _sample_and_save(workflow, base, forward[0], f"{prefix}_forward", steps=1000, cfg=1.0,
                      recurrence=3, terms=[dict(weight=100.0)], guide=None, title="Sampler: forward only (k = 3)",
                      cost_title="forward only")
-    _sample_and_save(workflow, sd, both[0], "ugd_object_location_forward_backward", steps=1000, cfg=1.0,
+    _sample_and_save(workflow, base, both[0], f"{prefix}_forward_backward", steps=1000, cfg=1.0,
                      recurrence=3, terms=[dict(weight=100.0, backward_steps=1)], guide=None,
                      title="Sampler: forward + backward (k = 3)", cost_title="forward + backward")
     return workflow
+
+
+def unconditional_object_location() -> Workflow:
+    workflow = Workflow("sd15_unconditional_object_location_forward_vs_backward", _note(
+        "OBJECT LOCATION: FORWARD ONLY vs FORWARD + BACKWARD, side by side (paper §4.2, Fig. 9). The same "
+        f"seed and boxes, sampled twice. {UNCONDITIONAL}",
+        [SD_FILE, DETECTOR_FILE], OBJECT_LOCATION_SETTINGS))
+    return _object_location_forward_vs_backward(workflow, _stable_diffusion(workflow, ""))
+
+
+INPAINTING_FILES = ("- ugd_inpainting_chelsea.png and ugd_inpainting_hole.png in ComfyUI/input/ (shipped in "
+                    "workflows/inputs/; Chelsea the cat, CC0, from scikit-image).")
+INPAINTING_SETTINGS = ("Inpainting: weight 0 (s = 0), backward_steps 1, Adam lr 0.01, as in the reference. "
+                       "Segmentation: s(t) = 200·√(1−ᾱ) (weight 200), class cat inside the hole, outside ignored. ")
+
+
+def _inpainting_photo(workflow: Workflow):
+    """The photo, its hole, and inpainting by backward guidance alone."""
+    photo = workflow.add("LoadImage", "Photo to inpaint", image="ugd_inpainting_chelsea.png")
+    hole = workflow.add("LoadImageMask", "Hole (white = generate)", image="ugd_inpainting_hole.png", channel="red")
+    inpainting = workflow.add("UGDImageReconstructionGuidance", "Inpainting (backward only)", image=photo[0],
+                              mask=hole[0], weight=0.0, backward_steps=1, backward_lr=0.01)
+    return hole, inpainting
+
+
+def _segmentation_of_the_hole(workflow: Workflow, hole: Node) -> Node:
+    segmenter = workflow.add("UGDSegmentationModelLoader", architecture="lraspp_mobilenet_v3_large", weights=AUTO)
+    return workflow.add("UGDSegmentationGuidance", "Segmentation Guidance (s = 200·√(1−ᾱ))",
+                        segmentation_model=segmenter[0], mask=hole[0], class_name="cat", outside_mask="ignore",
+                        weight=200.0, backward_steps=0)
 
 
 def unconditional_segmentation_inpainting() -> Workflow:
@@ -361,29 +423,69 @@ def unconditional_segmentation_inpainting() -> Workflow:
         "SEGMENTATION-GUIDED INPAINTING (paper §5.1, Fig. 10): three guidances at once through Combine "
         "Guidance. Inpainting keeps the photo outside the hole (backward guidance only), a classifier asks "
         f"for a tabby cat and segmentation for a cat filling the hole. {UNCONDITIONAL}",
-        [SD_FILE, SEG_FILE, CLASSIFIER_FILE,
-         "- ugd_inpainting_chelsea.png and ugd_inpainting_hole.png in ComfyUI/input/ (shipped in "
-         "workflows/inputs/; Chelsea the cat, CC0, from scikit-image)."],
-        "Inpainting: weight 0 (s = 0), backward_steps 1, Adam lr 0.01, as in the reference. Segmentation: "
-        "s(t) = 200·√(1−ᾱ) (weight 200), class cat inside the hole, outside ignored. Classifier (ResNet-50): weight 100 "
-        "through forward guidance; the paper used a noise-aware classifier's own guidance (eq. 4) instead. "
-        "k = 1, 1000 DDIM steps, as in the reference."))
+        [SD_FILE, SEG_FILE, CLASSIFIER_FILE, INPAINTING_FILES],
+        INPAINTING_SETTINGS + "Classifier (ResNet-50): weight 100 through forward guidance; the paper used a "
+        "noise-aware classifier's own guidance (eq. 4) instead. k = 1, 1000 DDIM steps, as in the reference."))
     sd = _stable_diffusion(workflow, "")
-    photo = workflow.add("LoadImage", "Photo to inpaint", image="ugd_inpainting_chelsea.png")
-    hole = workflow.add("LoadImageMask", "Hole (white = generate)", image="ugd_inpainting_hole.png", channel="red")
-    inpainting = workflow.add("UGDImageReconstructionGuidance", "Inpainting (backward only)", image=photo[0],
-                              mask=hole[0], weight=0.0, backward_steps=1, backward_lr=0.01)
+    hole, inpainting = _inpainting_photo(workflow)
     classifier = workflow.add("UGDClassifierModelLoader", architecture="resnet50", weights=AUTO)
     classify = workflow.add("UGDClassifierGuidance", "Classifier Guidance", classifier=classifier[0],
                             target_class="tabby", weight=100.0, backward_steps=0)
-    segmenter = workflow.add("UGDSegmentationModelLoader", architecture="lraspp_mobilenet_v3_large", weights=AUTO)
-    segment = workflow.add("UGDSegmentationGuidance", "Segmentation Guidance (s = 200·√(1−ᾱ))",
-                           segmentation_model=segmenter[0], mask=hole[0], class_name="cat", outside_mask="ignore",
-                           weight=200.0, backward_steps=0)
+    segment = _segmentation_of_the_hole(workflow, hole)
     combined = workflow.add("UGDCombineGuidance", guidance_1=inpainting[0], guidance_2=classify[0],
                             guidance_3=segment[0])
     _sample_and_save(workflow, sd, combined[0], "ugd_segmentation_inpainting", steps=1000, cfg=1.0, recurrence=1,
                      terms=[dict(weight=0.0, backward_steps=1), dict(weight=100.0), dict(weight=200.0)], guide=None)
+    return workflow
+
+
+ADM_FILE = (f"- {ADM_CHECKPOINT} in models/unet/ (current ComfyUI also reads models/diffusion_models/): "
+            f"guided-diffusion's unconditional ImageNet model, from {DOWNLOAD_BASE}{ADM_CHECKPOINT} "
+            "(github.com/openai/guided-diffusion). Nothing downloads by itself.")
+ADM_CLASSIFIER_FILE = (f"- {ADM_CLASSIFIER} in models/ugd/: guided-diffusion's noise-aware ImageNet classifier, from "
+                       f"{DOWNLOAD_BASE}{ADM_CLASSIFIER}.")
+ADM = ("On the paper's own model: guided-diffusion's 256×256 unconditional ImageNet model (pixel space, its pixel VAE "
+       "decodes), with its unconditional CONDITIONING as positive and negative and cfg 1.")
+
+
+def adm_clip() -> Workflow:
+    return _clip_text_guided("adm_clip_guidance", _note(
+        "CLIP GUIDANCE, FORWARD ONLY, on the unconditional ImageNet model (paper §4.2, Fig. 8): prompts far from "
+        f"the training data, such as an art style. {ADM}", [ADM_FILE, CLIP_FILE],
+        "s(t) = 2·√(1−ᾱ) (weight 2, schedule paper) and k = 10, the paper's values for this prompt (5 and 5, "
+        "and 2 and 10, for its others); the reference's loss sums its 2 identical prompts per image, which doubles "
+        "its effective weight. Forward guidance only (backward_steps 0). 1000 DDIM steps as in the reference."),
+        "English foxhound by Edward Hopper", 10, "CLIP Text Guidance (s = 2·√(1−ᾱ))", weight=2.0, adm=True)
+
+
+def adm_object_location() -> Workflow:
+    workflow = Workflow("adm_object_location_forward_vs_backward", _note(
+        "OBJECT LOCATION: FORWARD ONLY vs FORWARD + BACKWARD, side by side, on the unconditional ImageNet model "
+        f"(paper §4.2, Fig. 9). The same seed and boxes, sampled twice. {ADM}", [ADM_FILE, DETECTOR_FILE],
+        OBJECT_LOCATION_SETTINGS))
+    return _object_location_forward_vs_backward(workflow, _adm(workflow))
+
+
+def adm_segmentation_inpainting() -> Workflow:
+    workflow = Workflow("adm_segmentation_inpainting", _note(
+        "SEGMENTATION-GUIDED INPAINTING with the noise-aware classifier (paper §5.1, Fig. 10): inpainting keeps "
+        "the photo outside the hole (backward guidance only), the noise-aware classifier's own guidance asks for "
+        f"a tabby cat, and segmentation for a cat filling the hole, all through Combine Guidance. {ADM}",
+        [ADM_FILE, ADM_CLASSIFIER_FILE, SEG_FILE, INPAINTING_FILES],
+        INPAINTING_SETTINGS + "Noise-aware classifier: classifier guidance (eq. 4) on the noisy image, "
+        "ε̂' = ε̂ − √(1−ᾱ)·∇ log p(tabby | x_t, t), weight 1, the reference's classifier scale. k = 1, 1000 DDIM "
+        "steps, as in the reference."))
+    base = _adm(workflow)
+    hole, inpainting = _inpainting_photo(workflow)
+    classifier = workflow.add("UGDNoiseAwareClassifierLoader", weights=ADM_CLASSIFIER)
+    classify = workflow.add("UGDNoiseAwareClassifierGuidance", "Noise-Aware Classifier Guidance (scale 1)",
+                            classifier=classifier[0], target_class="tabby", weight=1.0)
+    segment = _segmentation_of_the_hole(workflow, hole)
+    combined = workflow.add("UGDCombineGuidance", guidance_1=inpainting[0], guidance_2=classify[0],
+                            guidance_3=segment[0])
+    _sample_and_save(workflow, base, combined[0], "ugd_adm_segmentation_inpainting", steps=1000, cfg=1.0,
+                     recurrence=1, terms=[dict(weight=0.0, backward_steps=1),
+                                          dict(weight=1.0, reads_noisy_input=True), dict(weight=200.0)], guide=None)
     return workflow
 
 
@@ -425,7 +527,8 @@ def toy_world_segmentation() -> Workflow:
 
 
 WORKFLOWS = (toy_world_segmentation, clip_text, segmentation, face, object_location, style, unconditional_clip,
-             unconditional_object_location, unconditional_segmentation_inpainting, segmentation_fast)
+             unconditional_object_location, unconditional_segmentation_inpainting, segmentation_fast, adm_clip,
+             adm_object_location, adm_segmentation_inpainting)
 
 
 def build_all(object_info: dict) -> dict[str, dict]:

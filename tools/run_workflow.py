@@ -31,7 +31,10 @@ LOADERS = {
     "UGDFaceModelLoader": ("ugd", "weights", "UGDStandInFaceModel", {0: 0}),
     "UGDObjectDetectorLoader": ("ugd", "weights", "UGDStandInObjectDetector", {0: 0}),
     "UGDClassifierModelLoader": ("ugd", "weights", "UGDStandInClassifier", {0: 0}),
+    "UGDADMModelLoader": ("unet", "ckpt_name", "UGDStandInADMModel", {0: 0, 1: 1, 2: 2}),
+    "UGDNoiseAwareClassifierLoader": ("ugd", "weights", "UGDStandInNoiseAwareClassifier", {0: 0}),
 }
+EMPTY_IMAGE_LATENTS = {"EmptyLatentImage", "UGDEmptyPixelImage"}
 IMAGE_LOADERS = {"LoadImage": "image", "LoadImageMask": "image"}
 # Inputs that name files, which need not exist on the machine that checks a workflow.
 FILE_INPUTS = {cls: {key} for cls, (_, key, _, _) in LOADERS.items()} | {k: {v} for k, v in IMAGE_LOADERS.items()}
@@ -108,7 +111,7 @@ def with_stand_ins(prompt: dict) -> dict:
         for key, value in inputs.items():
             if isinstance(value, list) and len(value) == 2 and (str(value[0]), value[1]) in remap:
                 inputs[key] = [str(value[0]), remap[(str(value[0]), value[1])]]
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in EMPTY_IMAGE_LATENTS:
             inputs["width"] = inputs["height"] = STAND_IN_SIZE
         if "steps" in inputs and isinstance(inputs["steps"], int):
             inputs["steps"] = min(inputs["steps"], STAND_IN_MAX_STEPS)
