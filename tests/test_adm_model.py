@@ -182,3 +182,28 @@ def test_a_file_of_another_network_is_named_before_the_model_is_built(comfy, mon
     text = error_text(comfy.run(graph))
     assert "not_adm.pt is not a 256×256 unconditional guided-diffusion UNet" in text
     assert "565 of its 566 keys are missing" in text and "256x256_diffusion_uncond.pt" in text
+
+
+@pytest.mark.skipif(not os.environ.get("UGD_GUIDED_DIFFUSION"),
+                    reason="set UGD_GUIDED_DIFFUSION to a checkout of openai/guided-diffusion to compare with its code")
+def test_the_networks_compute_what_guided_diffusions_own_code_computes(pack, monkeypatch):
+    """The same random weights in guided-diffusion's UNetModel and EncoderUNetModel and in the pack's networks."""
+    monkeypatch.syspath_prepend(os.environ["UGD_GUIDED_DIFFUSION"])
+    from guided_diffusion import unet as official
+
+    networks = pack("adm.networks")
+    small = dict(model_channels=64, num_res_blocks=1, attention_resolutions=(2, 4), channel_mult=(1, 2, 2),
+                 num_head_channels=32)
+    options = dict(image_size=64, in_channels=3, use_scale_shift_norm=True, resblock_updown=True, **small)
+    pairs = [(official.UNetModel(out_channels=6, **options), networks.ADMUNet(**small), lambda out: out[:, :3]),
+             (official.EncoderUNetModel(out_channels=10, pool="attention", **options),
+              networks.ADMClassifier(image_size=64, num_classes=10, **small), lambda out: out)]
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 3, 64, 64), torch.tensor([10.0, 700.0])
+    for reference, ours, part in pairs:
+        with torch.no_grad():
+            for p in reference.parameters():
+                p.normal_(0, 0.05)
+            ours.load_state_dict(reference.state_dict(), strict=True)
+            expected = part(reference.eval()(x, t))
+            torch.testing.assert_close(ours.eval()(x, t), expected, rtol=1e-4, atol=1e-6)
