@@ -83,6 +83,20 @@ def pixel_space_vae() -> comfy.sd.VAE:
     return vae
 
 
+def read_official_checkpoint(folder: str, name: str, manifest_name: str, what: str, accepted, missing) -> dict:
+    """The state dict of file `name` in model folder `folder`, checked against the official checkpoint's keys and
+    shapes before any network is built. A missing file raises `missing(name)`; another network's names the file,
+    its first difference and the `accepted` files."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise FileNotFoundError(missing(name))
+    state_dict = read_state_dict(path)
+    problem = layout_problem(state_dict, manifest_name)
+    if problem:
+        raise ValueError(f"{path} is not {what} ({problem}). The loader takes {', '.join(accepted)}.")
+    return state_dict
+
+
 def missing_checkpoint(name: str) -> str:
     where = " or ".join(folder_paths.get_folder_paths(MODEL_FOLDER))
     usual = name if name in DIFFUSION_MODELS else "256x256_diffusion_uncond.pt"
@@ -113,14 +127,9 @@ class ADMModelLoader(LoaderNode):
         return True
 
     def load(self, ckpt_name):
-        path = folder_paths.get_full_path(MODEL_FOLDER, ckpt_name)
-        if path is None:
-            raise FileNotFoundError(missing_checkpoint(ckpt_name))
-        state_dict = read_state_dict(path)
-        problem = layout_problem(state_dict, "256x256_diffusion_uncond")
-        if problem:
-            raise ValueError(f"{path} is not a 256×256 unconditional guided-diffusion UNet ({problem}). The loader "
-                             f"takes these checkpoints: {', '.join(DIFFUSION_MODELS)}.")
+        state_dict = read_official_checkpoint(MODEL_FOLDER, ckpt_name, "256x256_diffusion_uncond",
+                                              "a 256×256 unconditional guided-diffusion UNet", DIFFUSION_MODELS,
+                                              missing_checkpoint)
         return (adm_model(UNCONDITIONAL_256, state_dict), pixel_space_vae(), UNCONDITIONAL)
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..adm.configs import CLASSIFIER_256, CLASSIFIERS, DOWNLOAD_BASE, RELEASES, layout_problem
+from ..adm.configs import CLASSIFIER_256, CLASSIFIERS, DOWNLOAD_BASE, RELEASES
 from ..adm.networks import ADMClassifier
 from ..guidance.classifier import IMAGENET_CATEGORIES, class_index
 from ..guidance.noise_aware_classifier import NoiseAwareClassifier, NoiseAwareClassifierLoss, linear_alphas_cumprod
+from .adm_model import read_official_checkpoint
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 from .model_folder import MODEL_FOLDER, model_folder_hint
-from .network_weights import LoaderNode, managed, read_state_dict
+from .network_weights import LoaderNode, managed
 
 NOISE_AWARE_CLASSIFIER = "UGD_NOISE_AWARE_CLASSIFIER"
 CLASSIFIER_FILE = "256x256_classifier.pt"
@@ -58,14 +59,9 @@ class NoiseAwareClassifierLoader(LoaderNode):
         return True
 
     def load(self, weights):
-        path = folder_paths.get_full_path(MODEL_FOLDER, weights)
-        if path is None:
-            raise FileNotFoundError(missing_classifier(weights))
-        state_dict = read_state_dict(path)
-        problem = layout_problem(state_dict, "256x256_classifier")
-        if problem:
-            raise ValueError(f"{path} is not guided-diffusion's 256×256 noise-aware classifier ({problem}). The loader "
-                             f"takes {', '.join(CLASSIFIERS)}.")
+        state_dict = read_official_checkpoint(MODEL_FOLDER, weights, "256x256_classifier",
+                                              "guided-diffusion's 256×256 noise-aware classifier", CLASSIFIERS,
+                                              missing_classifier)
         return (managed(noise_aware_classifier(CLASSIFIER_256, state_dict)),)
 
 

@@ -418,6 +418,26 @@ def _segmentation_of_the_hole(workflow: Workflow, hole: Node) -> Node:
                         weight=200.0, backward_steps=0)
 
 
+def _segmentation_inpainting(workflow: Workflow, base: Base, classify, classifier_term: dict) -> Workflow:
+    """Inpainting, a classifier's guidance (`classify(workflow)` adds its nodes) and segmentation, combined;
+    `classifier_term` is the classifier term's settings for the cost count."""
+    hole, inpainting = _inpainting_photo(workflow)
+    classify = classify(workflow)
+    segment = _segmentation_of_the_hole(workflow, hole)
+    combined = workflow.add("UGDCombineGuidance", guidance_1=inpainting[0], guidance_2=classify[0],
+                            guidance_3=segment[0])
+    prefix = "ugd_adm_segmentation_inpainting" if base.pixel else "ugd_segmentation_inpainting"
+    _sample_and_save(workflow, base, combined[0], prefix, steps=1000, cfg=1.0, recurrence=1,
+                     terms=[dict(weight=0.0, backward_steps=1), classifier_term, dict(weight=200.0)], guide=None)
+    return workflow
+
+
+def _resnet_classifier_guidance(workflow: Workflow) -> Node:
+    classifier = workflow.add("UGDClassifierModelLoader", architecture="resnet50", weights=AUTO)
+    return workflow.add("UGDClassifierGuidance", "Classifier Guidance", classifier=classifier[0],
+                        target_class="tabby", weight=100.0, backward_steps=0)
+
+
 def unconditional_segmentation_inpainting() -> Workflow:
     workflow = Workflow("sd15_unconditional_segmentation_inpainting", _note(
         "SEGMENTATION-GUIDED INPAINTING (paper §5.1, Fig. 10): three guidances at once through Combine "
@@ -426,17 +446,8 @@ def unconditional_segmentation_inpainting() -> Workflow:
         [SD_FILE, SEG_FILE, CLASSIFIER_FILE, INPAINTING_FILES],
         INPAINTING_SETTINGS + "Classifier (ResNet-50): weight 100 through forward guidance; the paper used a "
         "noise-aware classifier's own guidance (eq. 4) instead. k = 1, 1000 DDIM steps, as in the reference."))
-    sd = _stable_diffusion(workflow, "")
-    hole, inpainting = _inpainting_photo(workflow)
-    classifier = workflow.add("UGDClassifierModelLoader", architecture="resnet50", weights=AUTO)
-    classify = workflow.add("UGDClassifierGuidance", "Classifier Guidance", classifier=classifier[0],
-                            target_class="tabby", weight=100.0, backward_steps=0)
-    segment = _segmentation_of_the_hole(workflow, hole)
-    combined = workflow.add("UGDCombineGuidance", guidance_1=inpainting[0], guidance_2=classify[0],
-                            guidance_3=segment[0])
-    _sample_and_save(workflow, sd, combined[0], "ugd_segmentation_inpainting", steps=1000, cfg=1.0, recurrence=1,
-                     terms=[dict(weight=0.0, backward_steps=1), dict(weight=100.0), dict(weight=200.0)], guide=None)
-    return workflow
+    return _segmentation_inpainting(workflow, _stable_diffusion(workflow, ""), _resnet_classifier_guidance,
+                                    dict(weight=100.0))
 
 
 ADM_FILE = (f"- {ADM_CHECKPOINT} in models/unet/ (current ComfyUI also reads models/diffusion_models/): "
@@ -466,6 +477,12 @@ def adm_object_location() -> Workflow:
     return _object_location_forward_vs_backward(workflow, _adm(workflow))
 
 
+def _noise_aware_classifier_guidance(workflow: Workflow) -> Node:
+    classifier = workflow.add("UGDNoiseAwareClassifierLoader", weights=ADM_CLASSIFIER)
+    return workflow.add("UGDNoiseAwareClassifierGuidance", "Noise-Aware Classifier Guidance (scale 1)",
+                        classifier=classifier[0], target_class="tabby", weight=1.0)
+
+
 def adm_segmentation_inpainting() -> Workflow:
     workflow = Workflow("adm_segmentation_inpainting", _note(
         "SEGMENTATION-GUIDED INPAINTING with the noise-aware classifier (paper §5.1, Fig. 10): inpainting keeps "
@@ -475,18 +492,8 @@ def adm_segmentation_inpainting() -> Workflow:
         INPAINTING_SETTINGS + "Noise-aware classifier: classifier guidance (eq. 4) on the noisy image, "
         "ε̂' = ε̂ − √(1−ᾱ)·∇ log p(tabby | x_t, t), weight 1, the reference's classifier scale. k = 1, 1000 DDIM "
         "steps, as in the reference."))
-    base = _adm(workflow)
-    hole, inpainting = _inpainting_photo(workflow)
-    classifier = workflow.add("UGDNoiseAwareClassifierLoader", weights=ADM_CLASSIFIER)
-    classify = workflow.add("UGDNoiseAwareClassifierGuidance", "Noise-Aware Classifier Guidance (scale 1)",
-                            classifier=classifier[0], target_class="tabby", weight=1.0)
-    segment = _segmentation_of_the_hole(workflow, hole)
-    combined = workflow.add("UGDCombineGuidance", guidance_1=inpainting[0], guidance_2=classify[0],
-                            guidance_3=segment[0])
-    _sample_and_save(workflow, base, combined[0], "ugd_adm_segmentation_inpainting", steps=1000, cfg=1.0,
-                     recurrence=1, terms=[dict(weight=0.0, backward_steps=1),
-                                          dict(weight=1.0, reads_noisy_input=True), dict(weight=200.0)], guide=None)
-    return workflow
+    return _segmentation_inpainting(workflow, _adm(workflow), _noise_aware_classifier_guidance,
+                                    dict(weight=1.0, reads_noisy_input=True))
 
 
 TOY_STEPS, TOY_RECURRENCE, TOY_WEIGHT = 20, 4, 100.0

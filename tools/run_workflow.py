@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         workflow = json.load(f)
 
     host = ComfyHost(args.comfyui, os.path.abspath(args.output), args.input_dir and os.path.abspath(args.input_dir),
-                     args.extra_model_paths)
+                     args.extra_model_paths, cli_args=() if accelerator_available() else ("--cpu",))
     prompt = workflow
     if "nodes" in workflow and "links" in workflow:
         try:
@@ -193,6 +193,14 @@ def main(argv=None) -> int:
     if os.path.abspath(args.workflow) == os.path.abspath(DEMO_WORKFLOW) and demo:
         print(f"The demo picture, {DEMO_ENLARGEMENT}× enlarged: {enlarged_copy(demo[-1])}")
     return 0
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU that ComfyUI picks by itself; without one ComfyUI needs --cpu."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
 def enlarged_copy(path: str) -> str:
