@@ -47,11 +47,11 @@ def attend(qkv: torch.Tensor, heads: int, legacy_order: bool) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    """Residual self-attention over positions: GroupNorm, 1×1 qkv, heads of `head_channels`, 1×1 projection."""
+    """Residual self-attention over positions: GroupNorm, 1×1 qkv, `heads` heads, 1×1 projection."""
 
-    def __init__(self, channels: int, head_channels: int, dtype=None, device=None, operations=comfy.ops.disable_weight_init):
+    def __init__(self, channels: int, heads: int, dtype=None, device=None, operations=comfy.ops.disable_weight_init):
         super().__init__()
-        self.heads = channels // head_channels
+        self.heads = heads
         self.norm = operations.GroupNorm(GROUPS, channels, dtype=dtype, device=device)
         self.qkv = _conv1d(operations, channels, 3 * channels, 1, dtype=dtype, device=device)
         self.proj_out = _conv1d(operations, channels, channels, 1, dtype=dtype, device=device)
@@ -85,14 +85,14 @@ class _Encoder(nn.Module):
     """The time embedding, the input blocks and the middle block that the UNet and the classifier share."""
 
     def __init__(self, image_channels: int, model_channels: int, num_res_blocks: int, attention_resolutions,
-                 channel_mult, head_channels: int, dtype=None, device=None, operations=comfy.ops.disable_weight_init):
+                 channel_mult, num_heads: int, num_head_channels: int, dtype=None, device=None,
+                 operations=comfy.ops.disable_weight_init):
         super().__init__()
-        self.model_channels = model_channels
+        self.model_channels, self.num_heads, self.num_head_channels = model_channels, num_heads, num_head_channels
         self.block_options = dict(dtype=dtype, device=device, operations=operations)
         embed = model_channels * 4
         self.time_embed = nn.Sequential(operations.Linear(model_channels, embed, dtype=dtype, device=device), nn.SiLU(),
                                         operations.Linear(embed, embed, dtype=dtype, device=device))
-        kw = dict(dtype=dtype, device=device, operations=operations)
         resblock = self.resblock
         channels = int(model_channels * channel_mult[0])
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(
@@ -103,15 +103,14 @@ class _Encoder(nn.Module):
                 layers = [resblock(channels, int(model_channels * mult))]
                 channels = int(model_channels * mult)
                 if self.downsampling in attention_resolutions:
-                    layers.append(AttentionBlock(channels, head_channels, **kw))
+                    layers.append(self.attention(channels))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 self.skip_channels.append(channels)
             if level != len(channel_mult) - 1:
                 self.input_blocks.append(TimestepEmbedSequential(resblock(channels, channels, down=True)))
                 self.skip_channels.append(channels)
                 self.downsampling *= 2
-        self.middle_block = TimestepEmbedSequential(resblock(channels, channels),
-                                                    AttentionBlock(channels, head_channels, **kw),
+        self.middle_block = TimestepEmbedSequential(resblock(channels, channels), self.attention(channels),
                                                     resblock(channels, channels))
         self.channels = channels
 
@@ -119,6 +118,11 @@ class _Encoder(nn.Module):
         """ComfyUI's ResBlock as guided-diffusion configures it: scale-shift norm, no dropout; up= or down= samples."""
         return ResBlock(c_in, self.model_channels * 4, 0.0, out_channels=c_out, use_scale_shift_norm=True,
                         **options, **self.block_options)
+
+    def attention(self, channels: int) -> AttentionBlock:
+        """guided-diffusion's attention block: heads of num_head_channels, or num_heads heads where that is -1."""
+        heads = self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
+        return AttentionBlock(channels, heads, **self.block_options)
 
     def embedding(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
@@ -133,11 +137,10 @@ class ADMUNet(_Encoder):
     """
 
     def __init__(self, image_channels=3, model_channels=256, num_res_blocks=2, attention_resolutions=(8, 16, 32),
-                 channel_mult=(1, 1, 2, 2, 4, 4), num_head_channels=64, learn_sigma=True, num_classes=None,
-                 dtype=None, device=None, operations=comfy.ops.disable_weight_init, **_):
+                 channel_mult=(1, 1, 2, 2, 4, 4), num_heads=-1, num_head_channels=64, learn_sigma=True,
+                 num_classes=None, dtype=None, device=None, operations=comfy.ops.disable_weight_init, **_):
         super().__init__(image_channels, model_channels, num_res_blocks, attention_resolutions, channel_mult,
-                         num_head_channels, dtype, device, operations)
-        kw = dict(dtype=dtype, device=device, operations=operations)
+                         num_heads, num_head_channels, dtype, device, operations)
         self.dtype = dtype or torch.float32  # ComfyUI's BaseModel reads its weights' dtype here
         self.image_channels, self.num_classes = image_channels, num_classes
         if num_classes is not None:
@@ -149,7 +152,7 @@ class ADMUNet(_Encoder):
                 layers = [self.resblock(channels + skips.pop(), int(model_channels * mult))]
                 channels = int(model_channels * mult)
                 if downsampling in attention_resolutions:
-                    layers.append(AttentionBlock(channels, num_head_channels, **kw))
+                    layers.append(self.attention(channels))
                 if level and i == num_res_blocks:
                     layers.append(self.resblock(channels, channels, up=True))
                     downsampling //= 2
@@ -185,7 +188,7 @@ class ADMClassifier(_Encoder):
     def __init__(self, image_size=256, image_channels=3, model_channels=128, num_res_blocks=2,
                  attention_resolutions=(8, 16, 32), channel_mult=(1, 1, 2, 2, 4, 4), num_head_channels=64,
                  num_classes=1000, dtype=None, device=None, operations=comfy.ops.disable_weight_init):
-        super().__init__(image_channels, model_channels, num_res_blocks, attention_resolutions, channel_mult,
+        super().__init__(image_channels, model_channels, num_res_blocks, attention_resolutions, channel_mult, -1,
                          num_head_channels, dtype, device, operations)
         self.image_size, self.image_channels = image_size, image_channels
         self.out = nn.Sequential(

@@ -19,13 +19,15 @@ import comfy.sd
 import comfy.supported_models_base
 import folder_paths
 
-from ..adm.configs import DIFFUSION_MODELS, DOWNLOAD_BASE, RELEASES, SAMPLING, UNCONDITIONAL_256, layout_problem
+from ..adm.configs import DIFFUSION_MODELS, DOWNLOAD_BASE, MANIFESTS, RELEASES, SAMPLING, identify
 from ..adm.networks import ADMUNet
+from ..guidance.classifier import IMAGENET_CATEGORIES, class_index
 from .network_weights import LoaderNode, read_state_dict
 from .toy_world_loaders import UNCONDITIONAL, toy_vae
 
 MODEL_FOLDER = "unet"  # models/unet; current ComfyUI also reads models/diffusion_models under this name
 IMAGE_CHANNELS = 3
+CLASS_LABEL = "ugd_adm_class"  # the conditioning's entry that ADMBaseModel passes to the UNet as y
 SIDE_MULTIPLE = 32  # the 256 px UNet halves the image five times
 
 
@@ -38,6 +40,19 @@ class PixelLatentFormat(comfy.latent_formats.LatentFormat):
         self.latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 
 
+class ADMBaseModel(comfy.model_base.BaseModel):
+    """ComfyUI's BaseModel for an ADMUNet; a class-conditional one reads its class from the conditioning."""
+
+    def encode_adm(self, **conditioning):
+        if self.diffusion_model.num_classes is None:
+            return None
+        label = conditioning.get(CLASS_LABEL)
+        if label is None:
+            raise ValueError("This guided-diffusion model is class-conditional: connect ADM Class Conditioning to its "
+                             "positive and negative inputs (not the loader's unconditional output).")
+        return label
+
+
 class ADMModelConfig(comfy.supported_models_base.BASE):
     unet_extra_config = {}
     sampling_settings = dict(SAMPLING)
@@ -45,8 +60,7 @@ class ADMModelConfig(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.float32]  # as the reference ran it (--use_fp16 False)
 
     def get_model(self, state_dict, prefix="", device=None):
-        return comfy.model_base.BaseModel(self, model_type=comfy.model_base.ModelType.EPS, device=device,
-                                          unet_model=ADMUNet)
+        return ADMBaseModel(self, model_type=comfy.model_base.ModelType.EPS, device=device, unet_model=ADMUNet)
 
 
 def adm_model(architecture: dict, state_dict: dict | None = None):
@@ -83,18 +97,18 @@ def pixel_space_vae() -> comfy.sd.VAE:
     return vae
 
 
-def read_official_checkpoint(folder: str, name: str, manifest_name: str, what: str, accepted, missing) -> dict:
-    """The state dict of file `name` in model folder `folder`, checked against the official checkpoint's keys and
-    shapes before any network is built. A missing file raises `missing(name)`; another network's names the file,
-    its first difference and the `accepted` files."""
+def read_official_checkpoint(folder: str, name: str, releases: dict, what: str, missing) -> tuple[dict, dict]:
+    """(the state dict of file `name` in model folder `folder`, the architecture of the release it is), found by
+    the official checkpoints' keys and shapes before any network is built. A missing file raises `missing(name)`;
+    another network's names the file, how it differs from the closest release, and the `releases` files."""
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         raise FileNotFoundError(missing(name))
     state_dict = read_state_dict(path)
-    problem = layout_problem(state_dict, manifest_name)
-    if problem:
-        raise ValueError(f"{path} is not {what} ({problem}). The loader takes {', '.join(accepted)}.")
-    return state_dict
+    manifest_name, problem = identify(state_dict, releases)
+    if manifest_name is None:
+        raise ValueError(f"{path} is not {what} ({problem}). The loader takes {', '.join(releases)}.")
+    return state_dict, MANIFESTS[manifest_name][0]
 
 
 def missing_checkpoint(name: str) -> str:
@@ -107,8 +121,9 @@ def missing_checkpoint(name: str) -> str:
 class ADMModelLoader(LoaderNode):
     DESCRIPTION = ("Loads a guided-diffusion (ADM) checkpoint as a pixel-space MODEL, with its pixel VAE and the "
                    "unconditional CONDITIONING to connect to both positive and negative (cfg 1). The paper's "
-                   "unconditional ImageNet experiments use 256x256_diffusion_uncond.pt; the LSUN bedroom, cat and "
-                   "horse models load too. Files go in models/unet (or models/diffusion_models); nothing downloads.")
+                   "unconditional ImageNet experiments use 256x256_diffusion_uncond.pt; the LSUN models and the "
+                   "class-conditional 128, 256 and 512 px ImageNet models load too (those take ADM Class Conditioning "
+                   "instead). Files go in models/unet (or models/diffusion_models); nothing downloads.")
     CATEGORY = "universal_guidance/loaders"
     RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING")
     RETURN_NAMES = ("model", "pixel_vae", "unconditional")
@@ -127,10 +142,28 @@ class ADMModelLoader(LoaderNode):
         return True
 
     def load(self, ckpt_name):
-        state_dict = read_official_checkpoint(MODEL_FOLDER, ckpt_name, "256x256_diffusion_uncond",
-                                              "a 256×256 unconditional guided-diffusion UNet", DIFFUSION_MODELS,
-                                              missing_checkpoint)
-        return (adm_model(UNCONDITIONAL_256, state_dict), pixel_space_vae(), UNCONDITIONAL)
+        state_dict, architecture = read_official_checkpoint(MODEL_FOLDER, ckpt_name, DIFFUSION_MODELS,
+                                                            "a guided-diffusion UNet the loader knows",
+                                                            missing_checkpoint)
+        return (adm_model(architecture, state_dict), pixel_space_vae(), UNCONDITIONAL)
+
+
+class ADMClassConditioning:
+    DESCRIPTION = ("The class for a class-conditional guided-diffusion model (128x128_diffusion.pt, "
+                   "256x256_diffusion.pt, 512x512_diffusion.pt): connect it to both positive and negative, cfg 1. "
+                   "An ImageNet class name ('golden retriever') or index (207).")
+    CATEGORY = "universal_guidance/conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"class_name": ("STRING", {"default": "golden retriever",
+                                                       "tooltip": "An ImageNet class name or index 0-999."})}}
+
+    def encode(self, class_name):
+        label = torch.tensor([class_index(class_name, IMAGENET_CATEGORIES)])
+        return ([[UNCONDITIONAL[0][0], {CLASS_LABEL: label}]],)
 
 
 class EmptyPixelImage:
@@ -155,9 +188,11 @@ class EmptyPixelImage:
 
 NODE_CLASS_MAPPINGS = {
     "UGDADMModelLoader": ADMModelLoader,
+    "UGDADMClassConditioning": ADMClassConditioning,
     "UGDEmptyPixelImage": EmptyPixelImage,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UGDADMModelLoader": "ADM Model Loader (guided-diffusion, pixel space)",
+    "UGDADMClassConditioning": "ADM Class Conditioning (class-conditional guided-diffusion)",
     "UGDEmptyPixelImage": "Empty Pixel Image (pixel-space models)",
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..adm.configs import CLASSIFIER_256, CLASSIFIERS, DOWNLOAD_BASE, RELEASES
+from ..adm.configs import CLASSIFIERS, DOWNLOAD_BASE, RELEASES
 from ..adm.networks import ADMClassifier
 from ..guidance.classifier import IMAGENET_CATEGORIES, class_index
 from ..guidance.noise_aware_classifier import NoiseAwareClassifier, NoiseAwareClassifierLoss, linear_alphas_cumprod
@@ -32,14 +32,15 @@ def noise_aware_classifier(architecture: dict, state_dict: dict | None = None) -
 
 
 def missing_classifier(name: str) -> str:
-    return (f"Noise-aware classifier '{name}' not found: put {CLASSIFIER_FILE} in {model_folder_hint()}. Get it "
-            f"from {DOWNLOAD_BASE}{CLASSIFIER_FILE} ({RELEASES}).")
+    usual = name if name in CLASSIFIERS else CLASSIFIER_FILE
+    return (f"Noise-aware classifier '{name}' not found: put {usual} in {model_folder_hint()}. Get it "
+            f"from {DOWNLOAD_BASE}{usual} ({RELEASES}).")
 
 
 class NoiseAwareClassifierLoader(LoaderNode):
-    DESCRIPTION = ("Loads guided-diffusion's noise-aware ImageNet classifier (256x256_classifier.pt in models/ugd), "
-                   "which classifies noisy 256×256 images at any step. For Noise-Aware Classifier Guidance with the "
-                   "ADM Model Loader's model. Nothing downloads.")
+    DESCRIPTION = ("Loads guided-diffusion's noise-aware ImageNet classifier (256x256_classifier.pt in models/ugd, "
+                   "or the 128 and 512 px ones), which classifies noisy images of its size at any step. For "
+                   "Noise-Aware Classifier Guidance with the ADM Model Loader's model. Nothing downloads.")
     CATEGORY = "universal_guidance/loaders"
     RETURN_TYPES = (NOISE_AWARE_CLASSIFIER,)
     RETURN_NAMES = ("classifier",)
@@ -59,10 +60,10 @@ class NoiseAwareClassifierLoader(LoaderNode):
         return True
 
     def load(self, weights):
-        state_dict = read_official_checkpoint(MODEL_FOLDER, weights, "256x256_classifier",
-                                              "guided-diffusion's 256×256 noise-aware classifier", CLASSIFIERS,
-                                              missing_classifier)
-        return (managed(noise_aware_classifier(CLASSIFIER_256, state_dict)),)
+        state_dict, architecture = read_official_checkpoint(MODEL_FOLDER, weights, CLASSIFIERS,
+                                                            "one of guided-diffusion's noise-aware classifiers",
+                                                            missing_classifier)
+        return (managed(noise_aware_classifier(architecture, state_dict)),)
 
 
 class NoiseAwareClassifierGuidance:

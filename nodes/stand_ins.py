@@ -142,8 +142,8 @@ class StandInCheckpoint(LoaderNode):
         return (stand_in_model(seed), stand_in_clip(seed), stand_in_vae(seed))
 
 
-def stand_in_adm_model(seed: int):
-    model = adm_model(ADM_UNET_CONFIG)
+def stand_in_adm_model(seed: int, class_conditional: bool = False):
+    model = adm_model({**ADM_UNET_CONFIG, "num_classes": 1000 if class_conditional else None})
     randomize(model.model.diffusion_model, seed)
     return model
 
@@ -158,8 +158,8 @@ class StandInADMModel(LoaderNode):
     """A pixel-space MODEL shaped like guided-diffusion's but tiny and random: for testing a graph's wiring."""
 
     DESCRIPTION = ("Random-weight stand-ins for the ADM Model Loader's outputs: a tiny guided-diffusion UNet (64×64 "
-                   "pixels), the pixel VAE and the unconditional CONDITIONING. Their images mean nothing: use them only "
-                   "to test a workflow.")
+                   "pixels; class-conditional if asked), the pixel VAE and the unconditional CONDITIONING. Their images "
+                   "mean nothing: use them only to test a workflow.")
     CATEGORY = "universal_guidance/testing"
     RETURN_TYPES = ("MODEL", "VAE", "CONDITIONING")
     RETURN_NAMES = ("model", "pixel_vae", "unconditional")
@@ -167,11 +167,13 @@ class StandInADMModel(LoaderNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})}}
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})},
+                "optional": {"class_conditional": ("BOOLEAN", {"default": False, "tooltip": "A class-conditional UNet, "
+                                                               "which takes ADM Class Conditioning."})}}
 
-    def load(self, seed):
+    def load(self, seed, class_conditional=False):
         log.warning("Using a STAND-IN guided-diffusion model with random weights: the images will not mean anything.")
-        return (stand_in_adm_model(seed), pixel_space_vae(), UNCONDITIONAL)
+        return (stand_in_adm_model(seed, class_conditional), pixel_space_vae(), UNCONDITIONAL)
 
 
 class StandInCLIPGuidanceModel(LoaderNode):

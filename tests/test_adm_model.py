@@ -67,14 +67,20 @@ def pack(comfy):
     return lambda name: comfy.pack_module(name)
 
 
-def test_the_papers_configuration_has_the_official_checkpoints_keys_and_shapes(pack):
+@pytest.mark.parametrize("name", ["256x256_diffusion_uncond", "256x256_diffusion", "128x128_diffusion",
+                                  "512x512_diffusion", "128x128_classifier", "256x256_classifier",
+                                  "512x512_classifier"])
+def test_each_release_has_the_official_checkpoints_keys_and_shapes(pack, name):
+    """The paper's model and classifier, and the other releases the loaders take."""
     networks, configs = pack("adm.networks"), pack("adm.configs")
-    for name, network_class in (("256x256_diffusion_uncond", networks.ADMUNet),
-                                ("256x256_classifier", networks.ADMClassifier)):
-        network = network_class(**configs.MANIFESTS[name], device="meta")  # 550 M parameters, no memory
-        assert all(p.is_meta for p in network.parameters())
-        assert {k: list(v.shape) for k, v in network.state_dict().items()} == configs.manifest(name), name
-        assert configs.layout_problem(network.state_dict(), name) is None
+    architecture, size = configs.MANIFESTS[name]
+    network_class = networks.ADMClassifier if name.endswith("classifier") else networks.ADMUNet
+    network = network_class(**architecture, device="meta")  # up to 559 M parameters, no memory
+    assert all(p.is_meta for p in network.parameters())
+    assert {k: list(v.shape) for k, v in network.state_dict().items()} == configs.manifest(name)
+    releases = configs.CLASSIFIERS if name.endswith("classifier") else configs.DIFFUSION_MODELS
+    assert configs.identify(network.state_dict(), releases) == (name, "")
+    assert str(size) in name and architecture.get("image_size", size) == size
 
 
 def test_a_checkpoint_of_another_layout_is_described(pack):
@@ -172,6 +178,24 @@ def test_a_missing_checkpoint_is_named_with_where_to_get_it_and_where_it_goes(co
         assert name in text
 
 
+def test_a_class_conditional_model_samples_the_class_it_is_given(comfy):
+    def run(conditioning, prefix):
+        graph = {"1": {"class_type": "UGDStandInADMModel", "inputs": {"seed": 0, "class_conditional": True}},
+                 "4": {"class_type": "UGDEmptyPixelImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+                 "9": plain_ksampler(["4", 0]),
+                 "11": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": f"latents/{prefix}"}}}
+        if conditioning is not None:
+            graph["2"] = {"class_type": "UGDADMClassConditioning", "inputs": {"class_name": conditioning}}
+            graph["9"]["inputs"].update(positive=["2", 0], negative=["2", 0])
+        return graph
+
+    run_ok(comfy, run("goldfish", "adm_goldfish"))
+    run_ok(comfy, run("207", "adm_retriever"))
+    assert not torch.equal(latent(comfy, "adm_goldfish"), latent(comfy, "adm_retriever"))
+    assert "connect ADM Class Conditioning" in error_text(comfy.run(run(None, "adm_no_class")))
+    assert "Unknown class 'goldfsh'" in error_text(comfy.run(run("goldfsh", "adm_typo")))
+
+
 def test_a_file_of_another_network_is_named_before_the_model_is_built(comfy, monkeypatch, tmp_path):
     torch.save({"time_embed.0.weight": torch.zeros(4, 4)}, tmp_path / "not_adm.pt")
     folders = comfy.folder_paths
@@ -180,8 +204,8 @@ def test_a_file_of_another_network_is_named_before_the_model_is_built(comfy, mon
     graph = adm_graph(("clip",), weight=1.0, prefix="adm_wrong")
     graph["1"] = {"class_type": "UGDADMModelLoader", "inputs": {"ckpt_name": "not_adm.pt"}}
     text = error_text(comfy.run(graph))
-    assert "not_adm.pt is not a 256×256 unconditional guided-diffusion UNet" in text
-    assert "565 of its 566 keys are missing" in text and "256x256_diffusion_uncond.pt" in text
+    assert "not_adm.pt is not a guided-diffusion UNet the loader knows" in text
+    assert "keys are missing" in text and "256x256_diffusion_uncond.pt" in text and "512x512_diffusion.pt" in text
 
 
 @pytest.mark.skipif(not os.environ.get("UGD_GUIDED_DIFFUSION"),
@@ -194,16 +218,20 @@ def test_the_networks_compute_what_guided_diffusions_own_code_computes(pack, mon
     networks = pack("adm.networks")
     small = dict(model_channels=64, num_res_blocks=1, attention_resolutions=(2, 4), channel_mult=(1, 2, 2),
                  num_head_channels=32)
-    options = dict(image_size=64, in_channels=3, use_scale_shift_norm=True, resblock_updown=True, **small)
-    pairs = [(official.UNetModel(out_channels=6, **options), networks.ADMUNet(**small), lambda out: out[:, :3]),
-             (official.EncoderUNetModel(out_channels=10, pool="attention", **options),
-              networks.ADMClassifier(image_size=64, num_classes=10, **small), lambda out: out)]
+    by_heads = {**small, "num_heads": 4, "num_head_channels": -1}  # the 128 px model's attention
+    options = dict(image_size=64, in_channels=3, use_scale_shift_norm=True, resblock_updown=True)
     torch.manual_seed(0)
-    x, t = torch.randn(2, 3, 64, 64), torch.tensor([10.0, 700.0])
-    for reference, ours, part in pairs:
+    x, t, y = torch.randn(2, 3, 64, 64), torch.tensor([10.0, 700.0]), torch.tensor([3, 7])
+    pairs = [(official.UNetModel(out_channels=6, **options, **small), networks.ADMUNet(**small), {}),
+             (official.UNetModel(out_channels=6, num_classes=10, **options, **by_heads),
+              networks.ADMUNet(num_classes=10, **by_heads), {"y": y}),
+             (official.EncoderUNetModel(out_channels=10, pool="attention", **options, **small),
+              networks.ADMClassifier(image_size=64, num_classes=10, **small), {})]
+    for reference, ours, labels in pairs:
         with torch.no_grad():
             for p in reference.parameters():
                 p.normal_(0, 0.05)
             ours.load_state_dict(reference.state_dict(), strict=True)
-            expected = part(reference.eval()(x, t))
-            torch.testing.assert_close(ours.eval()(x, t), expected, rtol=1e-4, atol=1e-6)
+            expected = reference.eval()(x, t, **labels)
+            torch.testing.assert_close(ours.eval()(x, t, **labels), expected[:, :3] if expected.ndim == 4 else expected,
+                                       rtol=1e-4, atol=1e-6)

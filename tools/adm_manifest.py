@@ -22,14 +22,17 @@ sys.path.insert(0, ROOT)
 from adm.configs import MANIFEST_DIR  # noqa: E402
 
 # guided-diffusion's script_util flags for each manifest, as its README gives them
+MODEL = dict(attention_resolutions="32,16,8", learn_sigma=True, num_channels=256, num_res_blocks=2, resblock_updown=True,
+             use_scale_shift_norm=True, use_fp16=False)
+CLASSIFIER = dict(classifier_width=128, classifier_depth=2, classifier_attention_resolutions="32,16,8",
+                  classifier_use_scale_shift_norm=True, classifier_resblock_updown=True, classifier_pool="attention",
+                  classifier_use_fp16=False)
 FLAGS = {
-    "256x256_diffusion_uncond": ("model", dict(
-        image_size=256, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8", num_head_channels=64,
-        learn_sigma=True, class_cond=False, resblock_updown=True, use_scale_shift_norm=True, use_fp16=False)),
-    "256x256_classifier": ("classifier", dict(
-        image_size=256, classifier_width=128, classifier_depth=2, classifier_attention_resolutions="32,16,8",
-        classifier_use_scale_shift_norm=True, classifier_resblock_updown=True, classifier_pool="attention",
-        classifier_use_fp16=False)),
+    "256x256_diffusion_uncond": ("model", dict(MODEL, image_size=256, num_head_channels=64, class_cond=False)),
+    "256x256_diffusion": ("model", dict(MODEL, image_size=256, num_head_channels=64, class_cond=True)),
+    "128x128_diffusion": ("model", dict(MODEL, image_size=128, num_heads=4, class_cond=True)),
+    "512x512_diffusion": ("model", dict(MODEL, image_size=512, num_head_channels=64, class_cond=True)),
+    **{f"{size}x{size}_classifier": ("classifier", dict(CLASSIFIER, image_size=size)) for size in (128, 256, 512)},
 }
 
 
