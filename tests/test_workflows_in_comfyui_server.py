@@ -248,8 +248,20 @@ def test_the_templates_browser_shows_every_workflow_with_its_thumbnail(frontend)
     # The cards in view load their .jpg (512×384); the ones below the fold load when scrolled to.
     frontend.page.wait_for_function("""() => Array.from(document.images)
         .filter(i => i.complete && i.naturalWidth === 512 && i.naturalHeight === 384).length >= 4""", timeout=30_000)
-    text = frontend.page.evaluate("() => Array.from(document.querySelectorAll('[role=dialog]')).map(e => e.innerText).join(' ')")
-    assert "Get Started with a Template" in text and all(name[:-len(".json")] in text for name in UI_FILES), text[:2000]
+    # The browser renders the first dozen cards and the rest as its grid is scrolled: scroll until all have shown.
+    names = [name[:-len(".json")] for name in UI_FILES]
+    shown = frontend.page.evaluate_handle("() => new Set()")
+    try:
+        frontend.page.wait_for_function("""([names, shown]) => {
+            const text = Array.from(document.querySelectorAll('[role=dialog]')).map(e => e.innerText).join(' ');
+            names.filter(n => text.includes(n)).forEach(n => shown.add(n));
+            document.querySelectorAll('[role=dialog] *').forEach(e => {
+                if (e.scrollHeight > e.clientHeight + 1) e.scrollTop += e.clientHeight; });
+            return text.includes('Get Started with a Template') && names.every(n => shown.has(n));
+        }""", arg=[names, shown], timeout=30_000, polling=250)
+    except Exception:
+        missing = frontend.page.evaluate("([names, shown]) => names.filter(n => !shown.has(n))", [names, shown])
+        pytest.fail(f"the Templates browser never showed {missing}")
     frontend.page.screenshot(path=screenshot_path("templates_browser.json"))
 
 
