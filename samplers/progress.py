@@ -30,7 +30,7 @@ class PassLosses:
     def __init__(self):
         self.values: dict[str, float] = {}
 
-    def watched(self, label: str, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
+    def watched(self, label: str, loss_fn: Callable[..., torch.Tensor]):
         def call(*inputs: torch.Tensor) -> torch.Tensor:  # the image, or a noisy latent and its noise level
             loss = loss_fn(*inputs)
             if label not in self.values:  # read once a pass: each reading waits for the device
