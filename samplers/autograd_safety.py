@@ -6,9 +6,13 @@ autograd refuses to save for backward. See shared research `comfyui-integration.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import logging
+from typing import Callable, Iterator, TypeVar
 
 import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _unusable_for_autograd(t: torch.Tensor) -> bool:
@@ -60,3 +64,26 @@ def clone_saved_activations() -> Iterator[None]:
 
 def is_inplace_autograd_error(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "modified by an inplace operation" in str(error)
+
+
+class Autograd:
+    """Runs gradient computations outside inference mode.
+
+    If the host model adds residuals in place, the first backward fails; the run then switches to cloning saved
+    activations (same gradients, more memory) for good.
+    """
+
+    def __init__(self, clone_saved: bool = False):
+        self.clone_saved = clone_saved
+
+    def run(self, compute: Callable[[], T]) -> T:
+        while True:
+            guard = clone_saved_activations() if self.clone_saved else contextlib.nullcontext()
+            try:
+                with torch.inference_mode(False), torch.enable_grad(), guard:
+                    return compute()
+            except RuntimeError as error:
+                if self.clone_saved or not is_inplace_autograd_error(error):
+                    raise
+                log.info("Universal guidance: the model adds residuals in place; cloning saved activations.")
+                self.clone_saved = True

@@ -11,8 +11,9 @@ wrote to samplers/part_costs.json (seconds per image, forward and backward; reru
 Both runs end with one VAE decode. The reference is an unguided run of 20 steps: 20 UNet pairs and that decode.
 
 `counted_passes` counts what settings will run before they run: the engine's own loop on a tiny stand-in of the
-denoiser, decoder and loss, with the same steps, recurrence, windows, method and guidance terms (the sampler
-nodes log it before sampling, the shipped workflows' notes quote it); `settings_multiple` prices that count.
+denoiser, decoder and loss, with the same steps, settings and guidance terms (the sampler nodes log it before
+sampling, the shipped workflows' notes quote it); `settings_multiple` prices that count. For a model whose part
+costs were not measured, `plan_summary` gives the count as a ratio of passes instead of a price.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from typing import Sequence
 
 import torch
 
-from .decoding import at_reduced_resolution
 from .pass_counts import PassCounts
+from .settings import Settings
 from .terms import GuidanceTerm
 from .universal_guidance import sample_universal_guidance
 
@@ -87,46 +88,48 @@ def term_settings(term: GuidanceTerm) -> dict:
     return {**settings, "reads_noisy_input": term.reads_noisy_input}
 
 
-def counted_passes(steps: int, recurrence: int, terms: Sequence[dict], decode_resolution: str = "full",
-                   weight_scale: float = 1.0, sigmas: torch.Tensor | None = None, noise_scaling=None,
-                   **levers) -> PassCounts:
-    """One sample's passes in a guided run of these settings, counted on a stand-in of the denoiser, decoder and
-    loss. `terms` are GuidanceTerm settings (weight, backward_steps, start_percent, …; `term_settings`), `levers`
-    the engine's by their input names (guidance_every, backward_end, gradient, method, …). `sigmas` and
-    `noise_scaling` are the run's own where known: a flow model's first step holds no x0, and some methods skip it."""
+def counted_passes(steps: int, terms: Sequence[dict], settings: Settings = Settings(),
+                   sigmas: torch.Tensor | None = None, noise_scaling=None) -> PassCounts:
+    """One sample's passes in a guided run of these settings, counted on a 4×4 stand-in of the denoiser, decoder
+    and loss. `terms` are GuidanceTerm settings (weight, backward_steps, start_percent, …; `term_settings`).
+    `sigmas` and `noise_scaling` are the run's own where known: a flow model's first step holds no x0, and some
+    methods skip it."""
     counts, size = PassCounts(), 4
-    decode = at_reduced_resolution(counts.counted("decoder", lambda x0: x0.repeat(1, 3, 8, 8), full_area=size * size),
-                                   decode_resolution)
     guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(term.get("reads_noisy_input", False)),
-                                  **{k: v for k, v in term.items() if k not in ("reads_noisy_input", "weight")},
-                                  weight=term.get("weight", 0.0) * weight_scale)
+                                  **{k: v for k, v in term.items() if k != "reads_noisy_input"})
                      for i, term in enumerate(terms))
     if sigmas is None:
         sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])
         noise_scaling = lambda sigma, noise, latent, **kw: sigma * noise + latent  # noqa: E731
     denoiser = lambda x, sigma, **extra: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)  # noqa: E731
-    if levers.get("gradient") == "unconditional":
-        levers["unconditional"] = lambda x, sigma: (denoiser(x, sigma), denoiser(x, sigma))
+    branches = (lambda x, sigma: (denoiser(x, sigma), denoiser(x, sigma))) if settings.gradient == "unconditional" else None
+    model, guidance, decode, branches = counts.wrapped(denoiser, guidance, lambda x0: x0.repeat(1, 3, 8, 8),
+                                                       full_area=size * size, unconditional=branches)
     x = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(0))  # the global RNG left alone
-    sample_universal_guidance(denoiser, x, sigmas, guidance=guidance, decode=decode,
-                              noise_scaling=noise_scaling, recurrence=recurrence, counts=counts, disable=True,
-                              **levers)
+    with counts.counting_optimizer_steps():
+        sample_universal_guidance(model, x, sigmas, guidance=guidance, decode=decode, noise_scaling=noise_scaling,
+                                  settings=settings, unconditional=branches, disable=True)
     return counts
 
 
-def settings_multiple(steps: int, recurrence: int, terms: Sequence[dict], decoder: str, guide: str | None,
-                      **levers) -> float:
+def settings_multiple(steps: int, terms: Sequence[dict], settings: Settings, decoder: str, guide: str | None) -> float:
     """The SD 1.5 cost, over an unguided 20-step run's, of a guided run of these settings (see counted_passes)."""
-    counts = counted_passes(steps, recurrence, terms, **levers)
+    counts = counted_passes(steps, terms, settings)
     return sd15_multiple(counts.forward, counts.backward, decoder, guide)
 
 
-def plan_summary(counts: PassCounts, steps: int, decoder: str) -> str:
-    """What a counted run will compute per sample, and its price over an unguided run of as many steps (the
-    guidance networks unpriced: their cost depends on which they are)."""
+def plan_summary(counts: PassCounts, steps: int, decoder: str = "vae", priced: bool = True) -> str:
+    """What a counted run will compute per sample, and its price over an unguided run of as many steps: priced as
+    SD 1.5 (the guidance networks unpriced: their cost depends on which they are), or, for a model whose part costs
+    were not measured, as a ratio of denoiser passes."""
     forward, backward = counts.forward, counts.backward
-    multiple = sd15_multiple(forward, backward, decoder, None) / unguided_multiple(steps)
-    return (f"{steps} steps, {forward['denoiser']:g} denoiser passes ({backward['denoiser']:g} with a backward "
-            f"pass), {forward['decoder']:g} guidance-decoder passes, {counts.backward_guidance_steps:g} "
-            f"backward-guidance steps per sample; about {multiple:.1f}× an unguided run of {steps} steps "
-            f"(priced as SD 1.5 at 512 px with the {decoder.upper()} decoder, the guidance networks left out)")
+    passes = (f"{steps} steps, {forward['denoiser']:g} denoiser passes ({backward['denoiser']:g} with a backward "
+              f"pass), {forward['decoder']:g} guidance-decoder passes, {counts.backward_guidance_steps:g} "
+              f"backward-guidance steps per sample")
+    if priced:
+        multiple = sd15_multiple(forward, backward, decoder, None) / unguided_multiple(steps)
+        return (f"{passes}; about {multiple:.1f}× an unguided run of {steps} steps (priced as SD 1.5 at 512 px with "
+                f"the {decoder.upper()} decoder, the guidance networks left out)")
+    ratio = (forward["denoiser"] + backward["denoiser"]) / steps
+    return (f"{passes}; {ratio:.1f}× the denoiser passes of an unguided run of {steps} steps, a backward pass "
+            f"counted as one (a ratio of passes, not of time: part costs are measured for SD 1.5 only)")

@@ -7,17 +7,20 @@ whose output no loss depends on, counts no backward.
 
 The parts: `denoiser`, the sampler's calls of the model (one per sample and pass, whatever the host batches
 inside it); `unet`, the network inside it, with the host's classifier-free guidance batch (cond and uncond);
-`decoder`, the guidance decoder; `guidance_network`, every guidance loss. The engine counts the denoiser and
-the losses; the host, which builds the model and the decoder, counts the UNet and the decoder. Beside the
-passes, `backward_guidance_steps` counts the optimiser steps of backward (and mean) guidance, in images too.
+`decoder`, the guidance decoder; `guidance_network`, every guidance loss. Whoever calls the engine counts, by
+wrapping what it hands the engine (`counted`, `counted_loss`, `counted_branches`); the engine itself counts
+nothing. Beside the passes, `backward_guidance_steps` counts the optimiser steps of backward (and mean) guidance,
+in images too, through torch's optimiser hooks (`counting_optimizer_steps`).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from typing import Callable, Iterator
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 PARTS = ("denoiser", "unet", "decoder", "guidance_network")
 _RECORDERS: contextvars.ContextVar[tuple["PassCounts", ...]] = contextvars.ContextVar("recorders", default=())
@@ -53,6 +56,41 @@ class PassCounts:
 
         return call
 
+    def wrapped(self, model, guidance, decode, full_area: int | None = None, unconditional: Callable | None = None):
+        """(model, guidance, decode, unconditional) as the engine takes them, each counting its passes here."""
+        return (self.counted("denoiser", model),
+                tuple(dataclasses.replace(term, loss=self.counted_loss(term.loss)) for term in guidance),
+                self.counted("decoder", decode, full_area), unconditional and self.counted_branches(unconditional))
+
+    def counted_loss(self, loss) -> "CountedLoss":
+        """A guidance loss whose bound function counts its passes as the guidance network's."""
+        return CountedLoss(loss, self)
+
+    def counted_branches(self, branches: Callable) -> Callable:
+        """The host's two-branch denoiser `(x, σ) -> (x0, unconditional x0)`, counted as one denoiser pass forward
+        and half of one backward (the unconditional branch of the CFG batch)."""
+
+        def call(x, sigma):
+            x0, unconditional_x0 = branches(x, sigma)
+            self.add("denoiser", x0.detach(), x.shape[0])
+            return x0, self.add("denoiser", unconditional_x0, 0.0, backward_images=x.shape[0] / 2)
+
+        return call
+
+    @contextlib.contextmanager
+    def counting_optimizer_steps(self) -> Iterator[None]:
+        """Counts every optimiser step taken inside the block as a backward-guidance step of its parameters'
+        batch (Δ's first size)."""
+
+        def count(optimizer, args, kwargs):
+            self.backward_guidance_steps += sum(p.shape[0] for group in optimizer.param_groups for p in group["params"])
+
+        handle = register_optimizer_step_post_hook(count)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def per_sample(self, samples: int) -> "PassCounts":
         scaled = PassCounts()
         for part in PARTS:
@@ -66,6 +104,20 @@ class PassCounts:
 
     def __repr__(self) -> str:
         return "PassCounts(" + ", ".join(f"{p} {self.forward[p]:g}/{self.backward[p]:g}" for p in PARTS) + ")"
+
+
+class CountedLoss:
+    """A guidance loss (samplers/terms.py's protocol) whose bound function counts its passes; everything else is
+    the wrapped loss's."""
+
+    def __init__(self, loss, counts: PassCounts):
+        self.loss, self.counts = loss, counts
+
+    def bind(self, device):
+        return self.counts.counted("guidance_network", self.loss.bind(device))
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["loss"], name)
 
 
 @contextlib.contextmanager

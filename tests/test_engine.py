@@ -11,8 +11,13 @@ import torch
 from gaussian import GaussianDenoiser, eps_noise_scaling, flow_noise_scaling, sigmas_eps, sigmas_flow
 from samplers.parameterization import alpha_bar, noise_coefficients
 from samplers.terms import GuidanceTerm, combine
-from samplers.universal_guidance import GuidedDenoiser, base_step, renoise, sample_universal_guidance
+from samplers.backward_guidance import backward_guidance
+from samplers.base_step import base_step, renoise
+from samplers.guide import Guide
+from samplers.methods.ugd import guided_x0
 from samplers.parameterization import forward_guidance_scale
+from samplers.settings import LEVERS, Settings
+from samplers.universal_guidance import sample_universal_guidance
 
 PARAMETERISATIONS = [(eps_noise_scaling, 2.5), (flow_noise_scaling, 0.7)]
 
@@ -67,7 +72,7 @@ def test_forward_guidance_equals_the_papers_eps_form(noise_scaling, sigma):
     paper_x0 = (z.detach() - math.sqrt(1 - ab) * eps_hat) / math.sqrt(ab)
 
     guided = term(TargetLoss(target), weight=w)
-    ours = GuidedDenoiser(denoiser, decode, {})(x, sigma_vec, [(guided, loss_fn)], a, b)
+    ours = guided_x0(Guide(denoiser, decode), x, sigma_vec, [(guided, loss_fn)], a, b)
     torch.testing.assert_close(ours, paper_x0, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ours, denoiser(x, sigma_vec)), "the guidance must move x0"
 
@@ -102,7 +107,7 @@ def test_auto_strength_steps_by_its_fraction_of_the_predicted_noise(noise_scalin
             return loss_scale * ((image - target) ** 2).flatten(1).sum(1)
 
         auto = term(TargetLoss(target), weight=w, schedule="auto")
-        guided = GuidedDenoiser(denoiser, decode, {}, gradient=gradient)(x, sigma_vec, [(auto, loss_fn)], a, b)
+        guided = guided_x0(Guide(denoiser, decode, gradient=gradient), x, sigma_vec, [(auto, loss_fn)], a, b)
         steps[loss_scale] = denoiser(x, sigma_vec) - guided
     x0 = denoiser(x, sigma_vec)
     eps_rms = rms((x - a * x0) / b)
@@ -111,7 +116,7 @@ def test_auto_strength_steps_by_its_fraction_of_the_predicted_noise(noise_scalin
     torch.testing.assert_close(steps[1e4], steps[1.0], rtol=1e-4, atol=1e-7)  # the loss's scale drops out
     raw = term(TargetLoss(target), weight=1.0)
     raw_loss = lambda image: ((image - target) ** 2).flatten(1).sum(1)
-    raw_step = x0 - GuidedDenoiser(denoiser, decode, {}, gradient=gradient)(x, sigma_vec, [(raw, raw_loss)], a, b)
+    raw_step = x0 - guided_x0(Guide(denoiser, decode, gradient=gradient), x, sigma_vec, [(raw, raw_loss)], a, b)
     cosine = torch.nn.functional.cosine_similarity(raw_step.flatten(1), steps[1.0].flatten(1))
     torch.testing.assert_close(cosine, torch.ones(3), rtol=0, atol=1e-5)
 
@@ -129,8 +134,8 @@ def test_auto_strength_sizes_each_term_on_its_own_and_keeps_to_the_update_mask()
     x0 = denoiser(x, sigma_vec)
 
     def step(active, update_mask=None):
-        guided = GuidedDenoiser(denoiser, decode, {}, update_mask=update_mask, gradient="x0_only")
-        return x0 - guided(x, sigma_vec, active, a, b)
+        guide = Guide(denoiser, decode, update_mask=update_mask, gradient="x0_only")
+        return x0 - guided_x0(guide, x, sigma_vec, active, a, b)
 
     alone = [step([(t, fn)]) for t, fn in zip(terms, losses)]
     torch.testing.assert_close(rms(alone[0]), rms(alone[1]), rtol=1e-4, atol=0)  # 500× the loss, the same step
@@ -161,7 +166,8 @@ def test_backward_guidance_lowers_the_loss(optimizer):
     loss_fn = loss.bind("cpu")
     x0 = torch.randn(2, 2, 4, 4)
     guided = term(loss, backward_steps=30, backward_lr=0.1 if optimizer == "adam" else 2.0, optimizer=optimizer)
-    delta = GuidedDenoiser(None, decode, {}).backward_delta(x0, guided, loss_fn)
+    delta = backward_guidance(Guide(None, decode), x0, guided, loss_fn, guided.backward_steps, guided.backward_lr,
+                              guided.optimizer)
     before, after = loss_fn(decode(x0)), loss_fn(decode(x0 + delta))
     assert (after < 0.5 * before).all()
 
@@ -172,7 +178,8 @@ def test_backward_guidance_stays_inside_the_update_mask():
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2] = 1.0
     guided = term(loss, backward_steps=5, backward_lr=0.1)
-    delta = GuidedDenoiser(None, decode, {}, update_mask=mask).backward_delta(torch.randn(1, 2, 4, 4), guided, loss.bind("cpu"))
+    delta = backward_guidance(Guide(None, decode, update_mask=mask), torch.randn(1, 2, 4, 4), guided, loss.bind("cpu"),
+                              guided.backward_steps, guided.backward_lr)
     assert torch.equal(delta[..., 2:], torch.zeros_like(delta[..., 2:]))
     assert delta[..., :2].abs().sum() > 0
 
@@ -204,9 +211,11 @@ def test_zero_strength_is_the_plain_ddim_sampler(noise_scaling, sigmas):
 
 
 def run(noise_scaling, sigmas, guidance, x, **options):
+    """A guided run on the Gaussian denoiser; options are settings (samplers/settings.py) or the engine's own."""
+    levers = {name: options.pop(name) for name in list(options) if name in LEVERS}
     return sample_universal_guidance(
         GaussianDenoiser(noise_scaling), x, sigmas, guidance=guidance, decode=decode,
-        noise_scaling=noise_scaling, disable=True, **options,
+        noise_scaling=noise_scaling, disable=True, settings=Settings(**levers), **options,
     )
 
 
@@ -259,7 +268,7 @@ def test_step_window_limits_guidance_and_recurrence():
     x = torch.randn(1, 2, 4, 4) * 8
     windowed = (term(TargetLoss(torch.zeros(1, 3, 4, 4)), weight=0.01, start_percent=0.5, end_percent=1.0),)
     sample_universal_guidance(denoiser, x, sigmas_eps(6), guidance=windowed, decode=decode,
-                              noise_scaling=eps_noise_scaling, recurrence=4, disable=True)
+                              noise_scaling=eps_noise_scaling, settings=Settings(recurrence=4), disable=True)
     assert denoiser.calls == 3 * 1 + 3 * 4  # steps 0-2 unguided once each, steps 3-5 guided four times each
 
 
@@ -269,7 +278,7 @@ def test_progress_callback_once_per_step_and_interrupt_inside_inner_loops():
     guidance = (term(TargetLoss(torch.zeros(1, 3, 4, 4)), weight=0.01, backward_steps=m),)
     sample_universal_guidance(
         GaussianDenoiser(eps_noise_scaling), torch.randn(1, 2, 4, 4), sigmas_eps(steps), callback=events.append,
-        guidance=guidance, decode=decode, noise_scaling=eps_noise_scaling, recurrence=k, disable=True,
+        guidance=guidance, decode=decode, noise_scaling=eps_noise_scaling, settings=Settings(recurrence=k), disable=True,
         check_interrupt=lambda: checks.append(1),
     )
     assert [e["i"] for e in events] == list(range(steps))

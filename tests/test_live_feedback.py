@@ -16,6 +16,7 @@ from gaussian import GaussianDenoiser, eps_noise_scaling, sigmas_eps
 from samplers import cost
 from samplers.pass_counts import PassCounts
 from samplers.progress import LossHistory, term_labels
+from samplers.settings import Settings
 from samplers.terms import GuidanceTerm
 from samplers.universal_guidance import sample_universal_guidance
 
@@ -46,9 +47,12 @@ def _run(terms, steps=6, recurrence=3, **levers):
     denoiser = GaussianDenoiser(eps_noise_scaling)
     sigmas = sigmas_eps(steps)
     reports, counts = [], PassCounts()
-    x = sample_universal_guidance(denoiser, sigmas[0] * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)),
-                                  sigmas, guidance=terms, decode=torch.sigmoid, noise_scaling=eps_noise_scaling,
-                                  recurrence=recurrence, on_pass=reports.append, counts=counts, disable=True, **levers)
+    model, guidance, decode, _ = counts.wrapped(denoiser, terms, torch.sigmoid)
+    with counts.counting_optimizer_steps():
+        x = sample_universal_guidance(model, sigmas[0] * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)),
+                                      sigmas, guidance=guidance, decode=decode, noise_scaling=eps_noise_scaling,
+                                      settings=Settings(recurrence=recurrence, **levers), on_pass=reports.append,
+                                      disable=True)
     return x, reports, counts, sigmas
 
 
@@ -98,8 +102,8 @@ def test_the_loss_history_holds_each_step_inside_the_terms_window_only():
 def test_the_counted_plan_is_what_the_run_computes(levers):
     terms = (quadratic_term(weight=1.0, backward_steps=2, backward_lr=0.1), quadratic_term(weight=0.5, end_percent=0.5))
     _, _, counts, sigmas = _run(terms, steps=6, recurrence=3, **levers)
-    plan = cost.counted_passes(6, 3, [cost.term_settings(t) for t in terms], sigmas=sigmas,
-                               noise_scaling=eps_noise_scaling, **levers)
+    plan = cost.counted_passes(6, [cost.term_settings(t) for t in terms], Settings(recurrence=3, **levers),
+                               sigmas=sigmas, noise_scaling=eps_noise_scaling)
     samples = 2
     assert plan.forward["denoiser"] == counts.forward["denoiser"] / samples
     assert plan.backward["denoiser"] == counts.backward["denoiser"] / samples

@@ -10,6 +10,7 @@ import torch
 from gaussian import GaussianDenoiser, eps_noise_scaling, flow_noise_scaling
 from samplers.methods import METHODS
 from samplers.parameterization import alpha_bar, noise_coefficients
+from samplers.settings import Settings
 from samplers.terms import GuidanceTerm
 from samplers.universal_guidance import sample_universal_guidance
 
@@ -40,8 +41,8 @@ def first_step(method, noise_scaling, sigmas, x, sampling=(), **settings):
     seen = []
     sample_universal_guidance(GaussianDenoiser(noise_scaling), x.clone(), torch.tensor(sigmas),
                               guidance=[GuidanceTerm(name="test", loss=Loss(), **settings)], decode=decode,
-                              noise_scaling=noise_scaling, method=method, disable=True,
-                              callback=lambda info: seen.append(info["x"].clone()), **dict(sampling))
+                              noise_scaling=noise_scaling, settings=Settings(method=method, **dict(sampling)),
+                              disable=True, callback=lambda info: seen.append(info["x"].clone()))
     return seen[0]
 
 
@@ -167,7 +168,7 @@ def test_tfg_smoothing_reads_the_loss_at_noise_of_its_size(smoothing_schedule):
 
     sample_universal_guidance(denoiser, x.clone(), torch.tensor(sigmas), noise_scaling=noise_scaling, disable=True,
                               guidance=[GuidanceTerm(name="test", loss=Wide(), weight=0.1)], decode=recording_decode,
-                              method="tfg", smoothing=0.5, smoothing_schedule=smoothing_schedule)
+                              settings=Settings(method="tfg", smoothing=0.5, smoothing_schedule=smoothing_schedule))
     x0 = denoiser(x, torch.full((2,), sigmas[0]))
     offset = float((seen[0] - x0).pow(2).mean().sqrt())
     spread = math.sqrt(1 - alpha_bar(a, b)) if smoothing_schedule == "decrease" else 1.0
@@ -175,20 +176,15 @@ def test_tfg_smoothing_reads_the_loss_at_noise_of_its_size(smoothing_schedule):
 
 
 def test_ugd_is_the_default_and_every_method_has_a_paper_rule():
-    assert list(METHODS)[0] == "ugd"
-    for name, guided_pass in METHODS.items():
-        module = __import__(guided_pass.__module__, fromlist=["_"])
+    assert list(METHODS)[0] == "ugd" == Settings().method
+    for name, module in METHODS.items():
         assert "z_{t−1}" in module.__doc__ or "eq. 6" in module.__doc__, f"{name}: its update rule is not written"
 
 
 def test_an_unknown_method_a_bad_smoothing_or_schedule_is_refused():
-    common = dict(guidance=[], decode=decode, noise_scaling=eps_noise_scaling, disable=True)
     with pytest.raises(ValueError, match="Unknown guidance method 'dpm'"):
-        sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), torch.zeros(1, 2, 4, 4),
-                                  torch.tensor([1.0, 0.0]), method="dpm", **common)
+        Settings(method="dpm")
     with pytest.raises(ValueError, match="smoothing must be"):
-        sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), torch.zeros(1, 2, 4, 4),
-                                  torch.tensor([1.0, 0.0]), smoothing=-1.0, **common)
+        Settings(smoothing=-1.0)
     with pytest.raises(ValueError, match="rho_schedule must be one of"):
-        sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), torch.zeros(1, 2, 4, 4),
-                                  torch.tensor([1.0, 0.0]), rho_schedule="up", **common)
+        Settings(rho_schedule="up")

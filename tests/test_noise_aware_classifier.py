@@ -11,7 +11,10 @@ from guidance.noise_aware_classifier import NoiseAwareClassifier, NoiseAwareClas
 from samplers import cost
 from samplers.parameterization import alpha_bar, noise_coefficients
 from samplers.terms import GuidanceTerm
-from samplers.universal_guidance import GuidedDenoiser, sample_universal_guidance
+from samplers.guide import Guide
+from samplers.methods.ugd import guided_x0
+from samplers.settings import Settings
+from samplers.universal_guidance import sample_universal_guidance
 
 ALPHAS_CUMPROD = linear_alphas_cumprod()
 SCHEDULE_SIGMAS = ((1 - ALPHAS_CUMPROD) / ALPHAS_CUMPROD).sqrt()
@@ -69,8 +72,8 @@ def test_classifier_guidance_is_dhariwal_and_nichols_step(noise_scaling, t, grad
     loss = NoiseAwareClassifierLoss(c, y)
     guided = GuidanceTerm(name="classifier guidance", loss=loss, weight=w)
     c.network.seen_t.clear()
-    ours = GuidedDenoiser(denoiser, lambda x0: pytest.fail("classifier guidance must not decode"), {},
-                          gradient=gradient)(x, sigma_vec, [(guided, loss.bind("cpu"))], a, b)
+    guide = Guide(denoiser, lambda x0: pytest.fail("classifier guidance must not decode"), gradient=gradient)
+    ours = guided_x0(guide, x, sigma_vec, [(guided, loss.bind("cpu"))], a, b)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(ours, x0), "the guidance must move x0"
     torch.testing.assert_close(c.network.seen_t[0], torch.full((SHAPE[0],), float(t)), atol=1e-3, rtol=0)
@@ -105,8 +108,8 @@ def test_it_takes_no_backward_guidance_and_checks_the_latent():
 
 
 def test_its_count_has_no_denoiser_backward_and_no_decoder():
-    counts = cost.counted_passes(5, 2, [{"weight": 1.0, "reads_noisy_input": True}])
+    counts = cost.counted_passes(5, [{"weight": 1.0, "reads_noisy_input": True}], Settings(recurrence=2))
     assert counts.forward["denoiser"] == 10 and counts.backward["denoiser"] == 0
     assert counts.forward["decoder"] == 0 and counts.forward["guidance_network"] == 10
-    with_decoded = cost.counted_passes(5, 2, [{"weight": 1.0}])
+    with_decoded = cost.counted_passes(5, [{"weight": 1.0}], Settings(recurrence=2))
     assert with_decoded.backward["denoiser"] == 10 and with_decoded.forward["decoder"] == 10

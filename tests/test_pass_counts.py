@@ -8,6 +8,7 @@ import torch
 from samplers import cost as sd_equivalent
 from gaussian import GaussianDenoiser, eps_noise_scaling, sigmas_eps
 from samplers.pass_counts import PassCounts, recording, report
+from samplers.settings import Settings
 from samplers.terms import GuidanceTerm
 from samplers.universal_guidance import sample_universal_guidance
 from test_engine import TargetLoss, decode
@@ -20,10 +21,11 @@ def counted_run(gradient="through_unet", backward_steps=1, recurrence=2, guidanc
     guidance = (GuidanceTerm(name="test guidance", loss=TargetLoss(torch.full((1, 3, 4, 4), 0.9)), weight=weight,
                              backward_steps=backward_steps, backward_lr=0.05),)
     x = torch.randn(BATCH, 2, 4, 4) * float(sigmas_eps(STEPS)[0])
-    sample_universal_guidance(GaussianDenoiser(eps_noise_scaling), x, sigmas_eps(STEPS), guidance=guidance,
-                              decode=counts.counted("decoder", decode, full_area=16), noise_scaling=eps_noise_scaling,
-                              disable=True, recurrence=recurrence, guidance_every=guidance_every, gradient=gradient,
-                              counts=counts, **levers)
+    model, guidance, counted_decode, _ = counts.wrapped(GaussianDenoiser(eps_noise_scaling), guidance, decode, full_area=16)
+    settings = Settings(recurrence=recurrence, guidance_every=guidance_every, gradient=gradient, **levers)
+    with counts.counting_optimizer_steps():
+        sample_universal_guidance(model, x, sigmas_eps(STEPS), guidance=guidance, decode=counted_decode,
+                                  noise_scaling=eps_noise_scaling, settings=settings, disable=True)
     return counts
 
 

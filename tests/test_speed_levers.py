@@ -9,8 +9,11 @@ from gaussian import GaussianDenoiser, eps_noise_scaling, sigmas_eps
 from samplers.checkpointing import checkpointed, outermost_blocks
 from samplers.decoding import at_reduced_resolution
 from samplers.precision import GuidancePrecision
+from samplers.guide import Guide
+from samplers.methods.ugd import guided_x0
+from samplers.settings import Settings
 from samplers.terms import GuidanceTerm
-from samplers.universal_guidance import GuidedDenoiser, sample_universal_guidance
+from samplers.universal_guidance import sample_universal_guidance
 from test_engine import TargetLoss, decode, term
 
 
@@ -102,24 +105,24 @@ def constant_noise_denoiser(eps):
     return lambda x, sigma, **extra: x - sigma.reshape(-1, 1, 1, 1) * eps
 
 
-def guided_x0(model, gradient, x, sigma=2.0, **options):
+def ugd_x0(model, gradient, x, sigma=2.0, **options):
     loss = TargetLoss(torch.full((1, 3, 4, 4), 0.9))
     active = [(term(loss, weight=0.05), loss.bind("cpu"))]
-    denoiser = GuidedDenoiser(model, decode, {}, gradient=gradient, **options)
-    return denoiser(x, torch.full((x.shape[0],), sigma), active, 1.0, sigma)
+    return guided_x0(Guide(model, decode, gradient=gradient, **options), x, torch.full((x.shape[0],), sigma), active,
+                     1.0, sigma)
 
 
 def test_x0_only_gradient_equals_the_full_gradient_when_the_noise_prediction_is_constant():
     x = torch.randn(2, 2, 4, 4) * 2
     model = constant_noise_denoiser(torch.randn(2, 2, 4, 4))
-    torch.testing.assert_close(guided_x0(model, "x0_only", x), guided_x0(model, "through_unet", x))
+    torch.testing.assert_close(ugd_x0(model, "x0_only", x), ugd_x0(model, "through_unet", x))
 
 
 def test_x0_only_gradient_is_finite_and_points_the_same_way_on_a_real_denoiser():
     x = torch.randn(2, 2, 4, 4) * 2
     model = GaussianDenoiser(eps_noise_scaling)
     plain = model(x, torch.full((2,), 2.0))
-    full, approx = (guided_x0(model, g, x) - plain for g in ("through_unet", "x0_only"))
+    full, approx = (ugd_x0(model, g, x) - plain for g in ("through_unet", "x0_only"))
     assert approx.shape == full.shape and torch.isfinite(approx).all()
     assert torch.nn.functional.cosine_similarity(full.flatten(), approx.flatten(), dim=0) > 0.99
     assert not torch.allclose(full, approx)  # this denoiser's gain is not 1: the shortcut is an approximation
@@ -138,13 +141,14 @@ def test_guidance_every_nth_step_guides_only_those_steps():
     denoiser = GaussianDenoiser(eps_noise_scaling)
     x = torch.randn(1, 2, 4, 4) * 8
     out = sample_universal_guidance(denoiser, x, sigmas_eps(10), guidance=(term(loss, weight=0.01),), decode=decode,
-                                    noise_scaling=eps_noise_scaling, recurrence=2, guidance_every=3, disable=True)
+                                    noise_scaling=eps_noise_scaling, settings=Settings(recurrence=2, guidance_every=3),
+                                    disable=True)
     assert len(calls) == 4 * 2  # steps 0, 3, 6, 9, two passes each
     assert denoiser.calls == 6 * 1 + 4 * 2
     assert out.shape == x.shape and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="guidance_every"):
         sample_universal_guidance(denoiser, x, sigmas_eps(3), guidance=(term(loss, weight=0.01),), decode=decode,
-                                  noise_scaling=eps_noise_scaling, guidance_every=0, disable=True)
+                                  noise_scaling=eps_noise_scaling, settings=Settings(guidance_every=0), disable=True)
 
 
 def test_guidance_end_guides_only_the_first_steps_within_each_terms_window():
@@ -158,8 +162,8 @@ def test_guidance_end_guides_only_the_first_steps_within_each_terms_window():
     def run(guidance_end, **window):
         calls.clear()
         sample_universal_guidance(denoiser, x, sigmas_eps(10), guidance=(term(loss, weight=0.01, **window),),
-                                  decode=decode, noise_scaling=eps_noise_scaling, recurrence=2,
-                                  guidance_end=guidance_end, disable=True)
+                                  decode=decode, noise_scaling=eps_noise_scaling,
+                                  settings=Settings(recurrence=2, guidance_end=guidance_end), disable=True)
         return len(calls)
 
     assert run(0.3) == 3 * 2  # steps 0, 1 and 2, two passes each
@@ -186,8 +190,8 @@ def test_autocast_is_finite_float32_and_close_to_full_precision(autocast):
     x = torch.randn(2, 2, 4, 4) * 2
     model = ConvDenoiser().requires_grad_(False)
     plain = model(x, torch.full((2,), 2.0))
-    full = guided_x0(model, "through_unet", x) - plain
-    reduced = guided_x0(model, "through_unet", x, precision=GuidancePrecision(autocast, "cpu")) - plain
+    full = ugd_x0(model, "through_unet", x) - plain
+    reduced = ugd_x0(model, "through_unet", x, precision=GuidancePrecision(autocast, "cpu")) - plain
     assert reduced.dtype == torch.float32 and torch.isfinite(reduced).all()
     assert torch.nn.functional.cosine_similarity(full.flatten(), reduced.flatten(), dim=0) > 0.98
 
@@ -205,8 +209,8 @@ def test_a_non_finite_pass_under_autocast_is_redone_in_full_precision(caplog):
     active = [(term(OverflowsUnderAutocast(target), weight=0.05, backward_steps=2), OverflowsUnderAutocast(target).bind("cpu"))]
     reference = [(term(TargetLoss(target), weight=0.05, backward_steps=2), TargetLoss(target).bind("cpu"))]
     sigma = torch.full((2,), 2.0)
-    got = GuidedDenoiser(model, decode, {}, precision=precision)(x, sigma, active, 1.0, 2.0)
-    expected = GuidedDenoiser(model, decode, {})(x, sigma, reference, 1.0, 2.0)
+    got = guided_x0(Guide(model, decode, precision=precision), x, sigma, active, 1.0, 2.0)
+    expected = guided_x0(Guide(model, decode), x, sigma, reference, 1.0, 2.0)
     torch.testing.assert_close(got, expected)
     assert precision.fell_back == 2  # the forward-guidance pass and the backward-guidance run
     assert precision.loss_scale < 2.0**12
@@ -216,7 +220,7 @@ def test_a_non_finite_pass_under_autocast_is_redone_in_full_precision(caplog):
 def test_fp16_loss_scaling_gives_back_the_unscaled_gradient():
     precision = GuidancePrecision("fp16", "cpu")
     leaf = torch.randn(3, requires_grad=True)
-    grad = precision.gradient((leaf * 1e-6).sum(), leaf, reduced=True)
+    grad = precision.run(lambda: precision.gradient((leaf * 1e-6).sum(), leaf))
     torch.testing.assert_close(grad, torch.full((3,), 1e-6))
     with pytest.raises(ValueError, match="autocast"):
         GuidancePrecision("int8")

@@ -1,11 +1,11 @@
-"""The training-free guidance family as pieces of one sampler loop: how one guided pass places its steps.
+"""The training-free guidance family: one file per method, each holding its whole guided pass.
 
 TFG (Ye et al., NeurIPS 2024) writes DPS, FreeDoM, MPGD and UGD as points of one space: recurrence, variance
 guidance (a gradient step on x_t through the denoiser), mean guidance (gradient steps on x0, no denoiser
-backward), smoothing of the loss, and schedules of their sizes. Each module here is one method's pass, readable
-from top to bottom, with its paper's update rule: it returns the x0 that the base step takes and a shift added
-to the base step's result, `x' = base_step(x, x0) + shift`. UGD puts everything into x0 (and so into ε, which the
-base step recomputes from it); the others put it on x', as their papers do.
+backward), smoothing of the loss, and schedules of their sizes. A method's `prepare(settings, alpha_steps)` gives
+the run's guided pass, `Pass -> (x', x0)`: it calls forward guidance (samplers/forward_guidance.py), backward or
+mean guidance (samplers/backward_guidance.py) and the base step (samplers/base_step.py) in its paper's order.
+UGD puts everything into x0 (and so into ε, which the base step recomputes from it); the others put it on x'.
 
 Strengths keep the guidance nodes' inputs, read as each method's own: weight is UGD's w, FreeDoM's and TFG's ρ
 and DPS's ζ; backward_steps and backward_lr are mean guidance's N_iter and μ (plain gradient steps).
@@ -18,20 +18,20 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..base_step import base_step
+from ..guide import Guide
 from ..terms import BoundLoss, GuidanceTerm
 
 
 @dataclasses.dataclass(frozen=True)
-class GuidedPass:
-    """What one guided pass knows: x at σ, the active terms, and ComfyUI's coefficients at σ and at the next σ'.
+class Pass:
+    """What one guided pass knows: x at σ, the active terms, and ComfyUI's coefficients at σ and the next σ'.
 
-    `forward` is false on the steps where only backward (mean) guidance runs (the sampler's backward_end).
-    `alpha_steps` holds TFG's α_t = ᾱ(σ_t)/ᾱ(σ_{t+1}) for each of the run's steps, this one being `step`.
-    `tfg` is the sampler's TFG settings (smoothing and schedules) with their factors at each step. `randn` draws noise of x's shape from the run's
-    generator.
+    `forward` is false on the steps where only backward (mean) guidance runs (the settings' backward_end).
+    `alpha_step` is α_t = ᾱ(σ)/ᾱ(σ') of step `step`; `randn` draws noise of x's shape from the run's generator.
     """
 
-    guided: "GuidedDenoiser"  # noqa: F821 (universal_guidance.GuidedDenoiser)
+    guide: Guide
     x: torch.Tensor
     sigma: torch.Tensor
     active: Sequence[tuple[GuidanceTerm, BoundLoss]]
@@ -40,9 +40,9 @@ class GuidedPass:
     a_next: float
     b_next: float
     forward: bool
-    alpha_steps: Sequence[float]
     step: int
-    tfg: "tfg.Run"
+    alpha_step: float
+    eta: float
     randn: Callable[[], torch.Tensor]
 
     @property
@@ -54,33 +54,28 @@ class GuidedPass:
     def radius_next(self) -> float:
         return math.hypot(self.a_next, self.b_next)
 
-    @property
-    def alpha_step(self) -> float:
-        return self.alpha_steps[self.step]
-
     def denoised(self) -> torch.Tensor:
         """The denoiser's own x0, without guidance."""
-        return self.guided.model(self.x, self.sigma, **self.guided.extra_args)
+        return self.guide.denoise(self.x, self.sigma)
 
-    def mean_guidance(self, guided, x0, lr: Callable[[GuidanceTerm], float]) -> torch.Tensor | int:
-        """Σ Δ0_i: each term's N_iter = backward_steps plain gradient steps on x0 of size lr(term) (none at 0)."""
-        deltas = [guided.backward_delta_or_warn(
-            x0, dataclasses.replace(term, optimizer="sgd", backward_lr=lr(term)), fn)
-            for term, fn in self.active if term.backward_steps > 0 and lr(term) > 0]
-        return sum(delta for delta in deltas if delta is not None)
+    def base_step(self, x0: torch.Tensor) -> torch.Tensor:
+        """DDIM (η = 0) or DDPM (η = 1) from σ to σ' with this x0; DDPM draws its noise here."""
+        noise = self.randn() if self.eta > 0 and self.b_next > 0 else None
+        return base_step(self.x, x0, self.a, self.b, self.a_next, self.b_next, self.eta, noise)
 
-
-def raw(term: GuidanceTerm) -> GuidanceTerm:
-    """The term with its gradient taken as it is (the constant schedule's path, not auto's rescaling)."""
-    return dataclasses.replace(term, schedule="constant")
+    def plain(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """An unguided pass: (x', x0)."""
+        x0 = self.denoised()
+        return self.base_step(x0), x0
 
 
-def rescaled(term: GuidanceTerm) -> GuidanceTerm:
-    """The term with its gradient rescaled to RMS(ε̂) per sample (the auto schedule's path)."""
-    return dataclasses.replace(term, schedule="auto")
+GuidedPass = Callable[[Pass], tuple[torch.Tensor, torch.Tensor]]
+
+from . import dps, freedom, mpgd, tfg, ugd  # noqa: E402  (they import Pass from here)
+
+METHODS = {"ugd": ugd, "freedom": freedom, "mpgd": mpgd, "dps": dps, "tfg": tfg}
 
 
-from . import dps, freedom, mpgd, tfg, ugd  # noqa: E402  (they import raw and rescaled from here)
-
-METHODS = {"ugd": ugd.guided_pass, "freedom": freedom.guided_pass, "mpgd": mpgd.guided_pass,
-           "dps": dps.guided_pass, "tfg": tfg.guided_pass}
+def prepare(settings, alpha_steps: Sequence[float]) -> GuidedPass:
+    """The guided pass of settings.method for a run whose steps have these α_t."""
+    return METHODS[settings.method].prepare(settings, alpha_steps)

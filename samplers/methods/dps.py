@@ -3,15 +3,17 @@
     z_{t−1} = DDPM(z_t, x̂0) − ζ·∇_{z_t} ‖y − A(x̂0(z_t))‖
 
 (its official code: the norm, not the squared norm). With the pack's losses, ‖y − A(x̂0)‖ is √ℓ. No recurrence
-and no mean guidance in the paper (the sampler's recurrence 1 and sampler ddpm), so backward steps are unused.
-In x = √(a²+b²)·z the step is `ζ·√(a'²+b'²)·√(a²+b²)·∇ₓ√ℓ`, and none at a flow model's pure-noise level (a = 0),
+and no mean guidance in the paper (recurrence 1 and the ddpm base step), so backward steps are unused. In
+x = √(a²+b²)·z the step is `ζ·√(a'²+b'²)·√(a²+b²)·∇ₓ√ℓ`, and none at a flow model's pure-noise level (a = 0),
 where x holds no x0 and the x0_only gradient ∇_{x0}/a has no value.
 """
 from __future__ import annotations
 
-import dataclasses
+from ..forward_guidance import ForwardTerm, forward_guidance
 
-from . import raw
+
+def prepare(settings, alpha_steps):
+    return guided_pass
 
 
 def _root(fn):
@@ -20,8 +22,8 @@ def _root(fn):
 
 def guided_pass(p):
     if not p.forward:
-        return p.denoised(), 0
+        return p.plain()
     size = p.radius * p.radius_next if p.a > 0 else 0.0
-    x0, step = p.guided.forward_step(p.x, p.sigma, [(raw(t), _root(fn), t.weight * size) for t, fn in p.active],
-                                     p.a, p.b)
-    return x0, -step
+    terms = [ForwardTerm(t, _root(fn), t.weight * size) for t, fn in p.active]
+    x0, step = forward_guidance(p.guide, p.x, p.sigma, terms, p.a, p.b)
+    return p.base_step(x0) - step, x0

@@ -8,15 +8,19 @@ backward steps are unused. In x = √(a²+b²)·z the step is RMS(ε̂)-rescaled
 """
 from __future__ import annotations
 
+from ..forward_guidance import ForwardTerm, forward_guidance
 from ..parameterization import alpha_bar
-from . import rescaled
+
+
+def prepare(settings, alpha_steps):
+    return guided_pass
 
 
 def guided_pass(p):
     if not p.forward:
-        return p.denoised(), 0
+        return p.plain()
     c_t = alpha_bar(p.a_next, p.b_next) ** 0.5 * (1 - p.alpha_step) / (1 - alpha_bar(p.a, p.b))
     size = p.radius_next * (p.b / p.a) * c_t if p.a > 0 else 0.0
-    x0, step = p.guided.forward_step(p.x, p.sigma, [(rescaled(t), fn, t.weight * size) for t, fn in p.active],
-                                     p.a, p.b)
-    return x0, -step
+    terms = [ForwardTerm(t, fn, t.weight * size, rescaled=True) for t, fn in p.active]
+    x0, step = forward_guidance(p.guide, p.x, p.sigma, terms, p.a, p.b)
+    return p.base_step(x0) - step, x0

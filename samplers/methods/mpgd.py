@@ -8,9 +8,15 @@ weight (variance guidance) is unused. The manifold projection through the autoen
 """
 from __future__ import annotations
 
+from ..backward_guidance import mean_guidance
+
+
+def prepare(settings, alpha_steps):
+    return guided_pass
+
 
 def guided_pass(p):
     x0 = p.denoised()
     over_sqrt_alpha_bar = p.radius / p.a if p.a > 0 else 0.0
-    delta = p.mean_guidance(p.guided, x0, lambda term: term.backward_lr * over_sqrt_alpha_bar)
-    return x0, p.a_next * delta
+    delta = mean_guidance(p.guide, x0, p.active, lambda term: term.backward_lr * over_sqrt_alpha_bar)
+    return p.base_step(x0) + p.a_next * delta, x0
