@@ -12,6 +12,7 @@ import importlib.util
 import torch
 
 import comfy.latent_formats
+import comfy.ldm.models.autoencoder
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -23,12 +24,16 @@ from ..adm.configs import DIFFUSION_MODELS, DOWNLOAD_BASE, MANIFESTS, RELEASES, 
 from ..adm.networks import ADMUNet
 from ..guidance.classifier import IMAGENET_CATEGORIES, class_index
 from .network_weights import LoaderNode, read_state_dict
-from .toy_world_loaders import UNCONDITIONAL, toy_vae
 
 MODEL_FOLDER = "unet"  # models/unet; current ComfyUI also reads models/diffusion_models under this name
 IMAGE_CHANNELS = 3
 CLASS_LABEL = "ugd_adm_class"  # the conditioning's entry that ADMBaseModel passes to the UNet as y
 SIDE_MULTIPLE = 32  # the 256 px UNet halves the image five times
+UNCONDITIONAL = [[torch.zeros(1, 1, 1), {}]]  # the unconditional UNet has no cross-attention: never read
+# The smallest AutoencoderKL that an older host's VAE constructor builds, before the identity replaces it.
+_PLACEHOLDER_AUTOENCODER = {"embed_dim": IMAGE_CHANNELS, "ddconfig": {
+    "double_z": True, "z_channels": IMAGE_CHANNELS, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
+    "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}
 
 
 class PixelLatentFormat(comfy.latent_formats.LatentFormat):
@@ -86,7 +91,9 @@ def pixel_space_vae() -> comfy.sd.VAE:
     """ComfyUI's VAE object whose encode and decode only move IMAGE's [0, 1] to the latent's [−1, 1] and back."""
     if importlib.util.find_spec("comfy.pixel_space_convert") is not None:  # ComfyUI's own, 2025-09 on
         return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
-    vae = toy_vae()  # an older host's VAE object, made by its own constructor, with the identity put in
+    # An older host's VAE object, made by its own constructor from a placeholder's weights, with the identity put in.
+    placeholder = comfy.ldm.models.autoencoder.AutoencoderKL(**_PLACEHOLDER_AUTOENCODER).state_dict()
+    vae = comfy.sd.VAE(sd=placeholder, config={"params": _PLACEHOLDER_AUTOENCODER})
     vae.first_stage_model = PixelSpace()
     vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
                                                    offload_device=comfy.model_management.vae_offload_device())
@@ -175,9 +182,13 @@ class EmptyPixelImage:
 
     @classmethod
     def INPUT_TYPES(cls):
-        size = lambda: ("INT", {"default": 256, "min": SIDE_MULTIPLE, "max": 1024, "step": SIDE_MULTIPLE})  # noqa: E731
-        return {"required": {"width": size(), "height": size(),
-                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64})}}
+        def size(side):
+            return ("INT", {"default": 256, "min": SIDE_MULTIPLE, "max": 1024, "step": SIDE_MULTIPLE,
+                            "tooltip": f"The image's {side} in pixels, a multiple of {SIDE_MULTIPLE}."})
+
+        return {"required": {"width": size("width"), "height": size("height"),
+                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
+                                                    "tooltip": "How many images to sample."})}}
 
     def generate(self, width, height, batch_size):
         if width % SIDE_MULTIPLE or height % SIDE_MULTIPLE:

@@ -18,7 +18,8 @@ class ClassifierModelLoader(WeightsFileLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "architecture": (list(ARCHITECTURES), {"default": "resnet50"}),
+            "architecture": (list(ARCHITECTURES), {"default": "resnet50",
+                                                   "tooltip": "torchvision's ImageNet classifier."}),
             "weights": weights_input("torchvision's default file for the architecture"),
         }}
 

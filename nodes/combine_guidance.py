@@ -14,8 +14,10 @@ class CombineGuidance:
     @classmethod
     def INPUT_TYPES(cls):
         return {
-            "required": {"guidance_1": (GUIDANCE,), "guidance_2": (GUIDANCE,)},
-            "optional": {"guidance_3": (GUIDANCE,), "guidance_4": (GUIDANCE,)},
+            "required": {"guidance_1": (GUIDANCE, {"tooltip": "A guidance to apply."}),
+                         "guidance_2": (GUIDANCE, {"tooltip": "Another guidance, applied in the same run."})},
+            "optional": {"guidance_3": (GUIDANCE, {"tooltip": "A third guidance, if any."}),
+                         "guidance_4": (GUIDANCE, {"tooltip": "A fourth guidance, if any."})},
         }
 
     def combine(self, guidance_1, guidance_2, guidance_3=None, guidance_4=None):

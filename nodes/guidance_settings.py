@@ -10,14 +10,12 @@ def settings_inputs(weight: float, backward_steps: int = 0, backward_lr: float =
     """ComfyUI inputs for s(t), backward guidance and the step window, with this guidance's paper defaults."""
     return {
         "weight": ("FLOAT", {"default": weight, "min": 0.0, "max": 1e7, "step": 0.1,
-                             "tooltip": "Forward-guidance strength w. With the paper schedule s(t) = w·√(1−ᾱ_t). With auto, a "
-                                        "fraction of the predicted noise, the same scale for every guidance and "
-                                        "model (about 1). 0 turns forward guidance off."}),
+                             "tooltip": "Forward-guidance strength w: s(t) = w·√(1−ᾱ_t) with the paper schedule, a fraction "
+                                        "of the predicted noise (about 1) with auto. 0 turns forward guidance off."}),
         "schedule": (list(SCHEDULES), {"default": "paper",
-                                       "tooltip": "paper: s(t) = w·√(1−ᾱ_t), as in the paper. constant: s(t) = w. auto: "
-                                                  "the paper's s(t) on the gradient rescaled to the size of the "
-                                                  "predicted noise, so that w no longer depends on the loss, the "
-                                                  "decoder or the model (README: Automatic strength)."}),
+                                       "tooltip": "paper: s(t) = w·√(1−ᾱ_t), as in the paper; constant: s(t) = w; auto: "
+                                                  "the paper's s(t) on a gradient rescaled to the predicted noise, so "
+                                                  "that w means the same for every guidance and model."}),
         "backward_steps": ("INT", {"default": backward_steps, "min": 0, "max": 1000,
                                    "tooltip": "m, optimiser steps of backward guidance per denoising pass. 0 turns it off."}),
         "backward_lr": ("FLOAT", {"default": backward_lr, "min": 1e-6, "max": 1e7, "step": 0.001,

@@ -20,8 +20,11 @@ class SegmentationModelLoader(WeightsFileLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "architecture": (list(ARCHITECTURES), {"default": "lraspp_mobilenet_v3_large"}),
-            "weights": weights_input("the architecture's torchvision file, e.g. lraspp_mobilenet_v3_large-d234d4ea.pth,"),
+            "architecture": (list(ARCHITECTURES), {"default": "lraspp_mobilenet_v3_large",
+                                                   "tooltip": "torchvision's segmentation network, trained on the 21 "
+                                                              "PASCAL VOC classes."}),
+            "weights": weights_input("the architecture's torchvision file (lraspp_mobilenet_v3_large-d234d4ea.pth for "
+                                     "the default)"),
         }}
 
     def load(self, architecture, weights):

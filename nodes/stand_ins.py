@@ -25,7 +25,7 @@ from ..guidance.clip_similarity import small_random_clip
 from ..guidance.face_identity import small_random_face_networks
 from ..guidance.object_location import small_random_detector
 from ..guidance.segmentation import small_random_segmenter
-from .adm_model import adm_model, pixel_space_vae
+from .adm_model import UNCONDITIONAL, adm_model, pixel_space_vae
 from .classifier_guidance import CLASSIFIER_MODEL
 from .clip_guidance import CLIP_GUIDANCE_MODEL, ClipGuidanceModel
 from .face_guidance import FACE_MODEL
@@ -33,7 +33,6 @@ from .network_weights import LoaderNode, managed
 from .noise_aware_classifier_guidance import NOISE_AWARE_CLASSIFIER, noise_aware_classifier
 from .object_location_guidance import DETECTOR_MODEL
 from .segmentation_guidance import SEGMENTATION_MODEL
-from .toy_world_loaders import UNCONDITIONAL
 
 log = logging.getLogger(__name__)
 

@@ -113,7 +113,8 @@ class EmptyToyWorldLatent:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"batch_size": ("INT", {"default": 4, "min": 1, "max": 64})}}
+        return {"required": {"batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
+                                                    "tooltip": "How many pictures to sample."})}}
 
     def generate(self, batch_size):
         side = data.SIZE // LATENT_DOWNSCALE

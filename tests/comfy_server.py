@@ -52,11 +52,13 @@ class ComfyServer:
             command.append("--disable-api-nodes")
         self.log_path = os.path.join(self.root, "server.log")
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, cwd=comfyui_path, stdout=self._log, stderr=subprocess.STDOUT)
+        # the tests' graphs use the pack's stand-ins, which it registers only for its tools and tests
+        env = dict(os.environ, UGD_DEVELOPER_NODES="1")
+        self.process = subprocess.Popen(command, cwd=comfyui_path, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while True:
             try:
-                self.get("/object_info/UniversalGuidedKSampler")
+                self.get("/object_info/UGDGuidedKSampler")
                 return
             except (urllib.error.URLError, ConnectionError, KeyError):
                 if self.process.poll() is not None or time.time() > deadline:

@@ -1,6 +1,8 @@
 """API-format prompts for the integration tests, built from small pieces."""
 from __future__ import annotations
 
+from samplers.settings import option_fields
+
 GUIDANCE_DEFAULTS = dict(weight=0.0, schedule="paper", backward_steps=0, backward_lr=0.01, optimizer="adam",
                          start_percent=0.0, end_percent=1.0)
 
@@ -44,11 +46,23 @@ def reconstruction_guidance(graph, node, image, mask=None, **settings):
     return [node, 0]
 
 
-def guided_sampler(graph, node, guidance, latent=("4", 0), seed=1, steps=4, cfg=5.0, recurrence=2, sampler="ddim", **extra):
-    graph[node] = {"class_type": "UniversalGuidedKSampler", "inputs": {
-        "model": extra.pop("model", ["1", 0]), "vae": ["1", 2], "positive": ["2", 0], "negative": ["3", 0], "latent_image": list(latent),
-        "guidance": guidance, "seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": "normal",
-        "denoise": 1.0, "recurrence": recurrence, **extra}}
+def options_node(**levers):
+    """A Universal Guidance Options node with these levers, the others at their defaults."""
+    return {"class_type": "UGDGuidanceOptions", "inputs": {**{f.name: f.default for f in option_fields()}, **levers}}
+
+
+def guided_sampler(graph, node, guidance, latent=("4", 0), seed=1, steps=4, cfg=5.0, sampler="ddim", preset="custom",
+                   model=("1", 0), vae=("1", 2), positive=("2", 0), negative=("3", 0), guidance_vae=None, **levers):
+    """A Universal Guided KSampler (node); levers (recurrence, method, …) go to its options node (node + 'o'),
+    recurrence 2 unless given."""
+    inputs = {"model": list(model), "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
+              "scheduler": "normal", "positive": list(positive), "negative": list(negative),
+              "latent_image": list(latent), "denoise": 1.0, "vae": list(vae), "guidance": guidance, "preset": preset,
+              "options": [node + "o", 0]}
+    graph[node + "o"] = options_node(**{"recurrence": 2, **levers})
+    if guidance_vae is not None:
+        inputs["guidance_vae"] = guidance_vae
+    graph[node] = {"class_type": "UGDGuidedKSampler", "inputs": inputs}
     return [node, 0]
 
 

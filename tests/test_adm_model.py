@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import graphs
 from test_comfyui import error_text, images, latent, run_ok
 
 BOXES = "dog 0.1 0.1 0.6 0.6"
@@ -45,10 +46,8 @@ def adm_graph(kinds, weight, prefix):
     if len(nodes) > 1:
         graph["6"] = {"class_type": "UGDCombineGuidance",
                       "inputs": {f"guidance_{i + 1}": node for i, node in enumerate(nodes)}}
-    graph["7"] = {"class_type": "UniversalGuidedKSampler", "inputs": {
-        "model": ["1", 0], "vae": ["1", 1], "positive": ["1", 2], "negative": ["1", 2], "latent_image": ["4", 0],
-        "guidance": guidance, "seed": 1, "steps": 3, "cfg": 1.0, "sampler": "ddim", "scheduler": "normal",
-        "denoise": 1.0, "recurrence": 2}}
+    graphs.guided_sampler(graph, "7", guidance, steps=3, cfg=1.0, vae=["1", 1], positive=["1", 2],
+                          negative=["1", 2], recurrence=2)
     graph["9"] = plain_ksampler(["7", 0], denoise=0.5)
     for node, samples in (("8", ["7", 0]), ("10", ["9", 0])):
         graph[node + "d"] = {"class_type": "VAEDecode", "inputs": {"samples": samples, "vae": ["1", 1]}}
@@ -120,7 +119,7 @@ def test_the_pixel_vae_maps_images_to_latents_in_minus_one_to_one_and_back(pack)
     assert latent_image.shape == (2, 3, 64, 32)
     torch.testing.assert_close(latent_image, image.movedim(-1, 1) * 2 - 1)
     torch.testing.assert_close(vae.decode(latent_image * 1.5), ((latent_image * 1.5 + 1) / 2).clamp(0, 1).movedim(1, -1))
-    assert pack("nodes.comfy_host").vae_scale(vae) == 1
+    assert pack("nodes.host_models").vae_scale(vae) == 1
 
 
 @pytest.mark.parametrize("kinds", [("clip",), ("location",), ("classifier",), ("clip", "location", "classifier")])

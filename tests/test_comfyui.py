@@ -158,7 +158,8 @@ def test_sampler_node_in_sampler_custom_matches_the_all_in_one_node(comfy):
     graph = graphs.base_graph(batch=1)
     guidance = graphs.clip_guidance(graph, weight=0.05, backward_steps=1)
     graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance, seed=5, recurrence=2), "node_ksampler")
-    graph["11"] = {"class_type": "UGDUniversalGuidanceSampler", "inputs": {"vae": ["1", 2], "guidance": guidance, "sampler": "ddim", "recurrence": 2}}
+    graph["11"] = {"class_type": "UGDGuidedSampler", "inputs": {"vae": ["1", 2], "guidance": guidance, "sampler_name": "ddim",
+                                                               "preset": "custom", "options": ["7o", 0]}}
     graph["12"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 4, "denoise": 1.0}}
     graph["13"] = {"class_type": "SamplerCustom", "inputs": {
         "model": ["1", 0], "add_noise": True, "noise_seed": 5, "cfg": 5.0, "positive": ["2", 0], "negative": ["3", 0],
@@ -174,7 +175,8 @@ def test_sampler_node_in_sampler_custom_advanced(comfy):
     graph = graphs.base_graph(batch=1)
     guidance = graphs.clip_guidance(graph, weight=0.05, backward_steps=1)
     graphs.save(graph, "8", graphs.guided_sampler(graph, "7", guidance, seed=5, recurrence=2), "adv_ksampler")
-    graph["11"] = {"class_type": "UGDUniversalGuidanceSampler", "inputs": {"vae": ["1", 2], "guidance": guidance, "sampler": "ddim", "recurrence": 2}}
+    graph["11"] = {"class_type": "UGDGuidedSampler", "inputs": {"vae": ["1", 2], "guidance": guidance, "sampler_name": "ddim",
+                                                               "preset": "custom", "options": ["7o", 0]}}
     graph["12"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 4, "denoise": 1.0}}
     graph["13"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
     graph["14"] = {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 5.0}}
@@ -272,7 +274,7 @@ def test_clip_guidance_model_loads_from_a_file_in_the_ugd_folder(comfy, tmp_path
 
 
 def test_out_of_memory_says_what_to_change_and_keeps_comfyuis_own_handling(comfy, monkeypatch, caplog):
-    host = comfy.pack_module("nodes.comfy_host")
+    host = comfy.pack_module("nodes.guided_sampling")
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

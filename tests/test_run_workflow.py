@@ -26,7 +26,7 @@ def test_stand_ins_replace_every_loader_and_rewire_its_outputs():
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd"}},
-        "3": {"class_type": "UniversalGuidedKSampler", "inputs": {"model": ["1", 0], "vae": ["1", 2], "guidance_vae": ["2", 0], "steps": 50}},
+        "3": {"class_type": "UGDGuidedKSampler", "inputs": {"model": ["1", 0], "vae": ["1", 2], "guidance_vae": ["2", 0], "steps": 50}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
     }
     out = with_stand_ins(prompt)

@@ -93,9 +93,10 @@ def _reference_image(width, height, batch):
 # (what is wrong, the prompt, "refused" before it runs, "error" while it runs, or either as the host has it, and the
 # text the message must hold)
 BAD_INPUTS = [
-    ("recurrence 0", _set("7", recurrence=0), "refused", "recurrence"),
+    # the options node sits behind the sampler's optional input, which 2024-03 validates only when it runs
+    ("recurrence 0", _set("7o", recurrence=0), "either", "recurrence"),
     ("negative weight", _set("6", weight=-1.0), "refused", "weight"),
-    ("unknown sampler option", _set("7", method="nope"), "either", "method"),  # 2024-03 checks optional combos late
+    ("unknown sampler option", _set("7o", method="nope"), "either", "method"),
     ("missing CLIP weight file", _with(lambda g: graphs.loaded_clip_guidance(g, "RN50", "missing.safetensors")),
      "refused", "missing.safetensors"),
     ("empty CLIP text", _set("6", text="  "), "error", "the text is empty"),

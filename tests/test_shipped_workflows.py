@@ -16,45 +16,46 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from build_workflows import build_all, dumps  # noqa: E402
 from run_workflow import FILE_INPUTS, IMAGE_LOADERS  # noqa: E402
 from workflow_format import check_ui, combo_choices, ui_to_api, widget_inputs  # noqa: E402
+from samplers.presets import PRESETS  # noqa: E402
 
 UI_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
 
 # What the issue asks of each workflow: {file: {node type: {input: value}}}; the sampler's cfg and recurrence too.
 PAPER_SETTINGS = {
     "toy_world_segmentation_guidance.json": {"UGDSegmentationGuidance": {"weight": 100, "schedule": "paper"},
-                                             "UniversalGuidedKSampler": {"recurrence": 4, "cfg": 1}},
+                                             "UGDGuidedKSampler": {"recurrence": 4, "cfg": 1}},
     "sd15_clip_text_guidance.json": {"UGDCLIPTextGuidance": {"weight": 10, "schedule": "paper", "backward_steps": 0},
-                                     "UniversalGuidedKSampler": {"recurrence": 8, "cfg": 1}},
+                                     "UGDGuidedKSampler": {"recurrence": 8, "cfg": 1}},
     "sd15_segmentation_guidance.json": {"UGDSegmentationGuidance": {"weight": 400, "schedule": "paper"},
-                                        "UniversalGuidedKSampler": {"recurrence": 10}},
+                                        "UGDGuidedKSampler": {"recurrence": 10}},
     "sd15_face_guidance.json": {"UGDFaceIdentityGuidance": {"weight": 20000, "schedule": "paper"},
-                                "UniversalGuidedKSampler": {"recurrence": 2}},
+                                "UGDGuidedKSampler": {"recurrence": 2}},
     "sd15_object_location_guidance.json": {"UGDObjectLocationGuidance": {"weight": 100, "schedule": "paper"},
-                                           "UniversalGuidedKSampler": {"recurrence": 3}},
+                                           "UGDGuidedKSampler": {"recurrence": 3}},
     "sd15_style_guidance.json": {"UGDCLIPImageGuidance": {"weight": 6, "schedule": "paper"},
-                                 "UniversalGuidedKSampler": {"recurrence": 6, "cfg": 3}},
+                                 "UGDGuidedKSampler": {"recurrence": 6, "cfg": 3}},
     "sd15_unconditional_clip_guidance.json": {"UGDCLIPTextGuidance": {"backward_steps": 0},
-                                              "UniversalGuidedKSampler": {"cfg": 1}},
+                                              "UGDGuidedKSampler": {"cfg": 1}},
     "sd15_unconditional_object_location_forward_vs_backward.json": {
-        "UGDObjectLocationGuidance": {"weight": 100}, "UniversalGuidedKSampler": {"recurrence": 3, "cfg": 1}},
+        "UGDObjectLocationGuidance": {"weight": 100}, "UGDGuidedKSampler": {"recurrence": 3, "cfg": 1}},
     "sd15_unconditional_segmentation_inpainting.json": {
         "UGDImageReconstructionGuidance": {"weight": 0}, "UGDSegmentationGuidance": {"weight": 200},
-        "UniversalGuidedKSampler": {"cfg": 1}},
+        "UGDGuidedKSampler": {"cfg": 1}},
     "sd15_segmentation_guidance_fast.json": {"UGDSegmentationGuidance": {"weight": 400},
-                                             "UniversalGuidedKSampler": {"preset": "fast", "steps": 10, "recurrence": 4}},
+                                             "UGDGuidedKSampler": {"preset": "fast", "steps": 10, "recurrence": 4}},
     "adm_clip_guidance.json": {"UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
                                "UGDCLIPTextGuidance": {"weight": 2, "schedule": "paper", "backward_steps": 0},
-                               "UniversalGuidedKSampler": {"recurrence": 10, "cfg": 1, "steps": 1000}},
+                               "UGDGuidedKSampler": {"recurrence": 10, "cfg": 1, "steps": 1000}},
     "adm_object_location_forward_vs_backward.json": {
         "UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
         "UGDObjectLocationGuidance": {"weight": 100, "schedule": "paper"},
-        "UniversalGuidedKSampler": {"recurrence": 3, "cfg": 1, "steps": 1000}},
+        "UGDGuidedKSampler": {"recurrence": 3, "cfg": 1, "steps": 1000}},
     "adm_segmentation_inpainting.json": {
         "UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
         "UGDNoiseAwareClassifierLoader": {"weights": "256x256_classifier.pt"},
         "UGDImageReconstructionGuidance": {"weight": 0, "backward_steps": 1}, "UGDSegmentationGuidance": {"weight": 200},
         "UGDNoiseAwareClassifierGuidance": {"weight": 1, "schedule": "paper"},
-        "UniversalGuidedKSampler": {"recurrence": 1, "cfg": 1, "steps": 1000}},
+        "UGDGuidedKSampler": {"recurrence": 1, "cfg": 1, "steps": 1000}},
 }
 
 
@@ -65,6 +66,18 @@ def load(name):
 
 def prompt_of(name):
     return load(os.path.join("api", name))
+
+
+def samplers_of(prompt):
+    """Each guided sampler's inputs with the levers that run: its options node's, or its named preset's."""
+    samplers = []
+    for node in prompt.values():
+        if node["class_type"] == "UGDGuidedKSampler":
+            inputs = node["inputs"]
+            levers = (prompt[inputs["options"][0]]["inputs"] if "options" in inputs
+                      else PRESETS[inputs["preset"]].levers)
+            samplers.append({**levers, **inputs})
+    return samplers
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +111,8 @@ def test_api_twin_is_the_ui_workflow_converted(object_info, name):
 def test_workflow_has_the_paper_settings(name):
     prompt = prompt_of(name)
     for node_type, expected in PAPER_SETTINGS[name].items():
-        nodes = [n["inputs"] for n in prompt.values() if n["class_type"] == node_type]
+        nodes = (samplers_of(prompt) if node_type == "UGDGuidedKSampler" else
+                 [n["inputs"] for n in prompt.values() if n["class_type"] == node_type])
         assert nodes, f"{name} has no {node_type}"
         for inputs in nodes:
             assert {k: inputs[k] for k in expected} == expected
@@ -155,13 +169,13 @@ def test_forward_vs_backward_workflow_differs_only_in_backward_steps(name):
     forward, both = [n["inputs"] for n in prompt.values() if n["class_type"] == "UGDObjectLocationGuidance"]
     assert forward["backward_steps"] == 0 and both["backward_steps"] >= 1
     assert {k: v for k, v in forward.items() if k != "backward_steps"} == {k: v for k, v in both.items() if k != "backward_steps"}
-    samplers = [n["inputs"] for n in prompt.values() if n["class_type"] == "UniversalGuidedKSampler"]
+    samplers = samplers_of(prompt)
     assert len(samplers) == 2 and samplers[0]["seed"] == samplers[1]["seed"]
 
 
 def test_fast_variant_decodes_guidance_with_taesd_in_fewer_steps():
     slow, fast = prompt_of("sd15_segmentation_guidance.json"), prompt_of("sd15_segmentation_guidance_fast.json")
-    sampler = lambda p: next(n["inputs"] for n in p.values() if n["class_type"] == "UniversalGuidedKSampler")  # noqa: E731
+    sampler = lambda p: next(n["inputs"] for n in p.values() if n["class_type"] == "UGDGuidedKSampler")  # noqa: E731
     assert sampler(fast)["steps"] < sampler(slow)["steps"]
     decoder = fast[sampler(fast)["guidance_vae"][0]]
     assert decoder["class_type"] == "VAELoader" and decoder["inputs"]["vae_name"] == "taesd"
@@ -170,7 +184,7 @@ def test_fast_variant_decodes_guidance_with_taesd_in_fewer_steps():
 
 def test_the_checks_catch_broken_workflows(object_info):
     workflow = load("sd15_segmentation_guidance.json")
-    sampler = next(n for n in workflow["nodes"] if n["type"] == "UniversalGuidedKSampler")
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "UGDGuidedKSampler")
 
     short = copy.deepcopy(workflow)
     next(n for n in short["nodes"] if n["id"] == sampler["id"])["widgets_values"].pop()
@@ -196,21 +210,23 @@ def test_the_checks_catch_broken_workflows(object_info):
 
 def test_widget_values_line_up_with_the_sampler_inputs(object_info):
     workflow = load("sd15_face_guidance.json")
-    sampler = next(n for n in workflow["nodes"] if n["type"] == "UniversalGuidedKSampler")
-    values = widget_inputs(sampler, object_info["UniversalGuidedKSampler"])
-    assert values == {"seed": 42, "steps": 500, "cfg": 7.5, "sampler": "ddim", "scheduler": "ddim_uniform",
-                      "denoise": 1.0, "recurrence": 2, "guidance_every": 1, "gradient": "through_unet",
-                      "decode_resolution": "full", "checkpointing": False, "autocast": "off", "guidance_end": 1.0,
-                      "weight_scale": 1.0, "preset": "custom", "backward_end": 0.0,
-                      "backward_recurrence": 0, "method": "ugd", "smoothing": 0.0,
-                      "rho_schedule": "increase", "mu_schedule": "increase", "smoothing_schedule": "decrease"}
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "UGDGuidedKSampler")
+    values = widget_inputs(sampler, object_info["UGDGuidedKSampler"])
+    assert values == {"seed": 42, "steps": 500, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "ddim_uniform",
+                      "denoise": 1.0, "preset": "custom"}
     assert sampler["widgets_values"][1] == "fixed", "a shared workflow must not re-randomise its seed"
+    options = next(n for n in workflow["nodes"] if n["type"] == "UGDGuidanceOptions")
+    assert widget_inputs(options, object_info["UGDGuidanceOptions"]) == {
+        "recurrence": 2, "method": "ugd", "smoothing": 0.0, "rho_schedule": "increase", "mu_schedule": "increase",
+        "smoothing_schedule": "decrease", "guidance_every": 1, "guidance_end": 1.0, "backward_end": 0.0,
+        "backward_recurrence": 0, "gradient": "through_unet", "weight_scale": 1.0, "decode_resolution": "full",
+        "checkpointing": False, "autocast": "off"}
 
 
 @pytest.mark.parametrize("name", [n for n in UI_FILES if n.startswith("sd15_")])
 def test_every_stable_diffusion_note_says_what_each_sampler_is_expected_to_cost(name):
     note = [n["widgets_values"][0] for n in load(name)["nodes"] if n["type"] == "Note"][0]
-    samplers = [n for n in prompt_of(name).values() if n["class_type"] == "UniversalGuidedKSampler"]
+    samplers = samplers_of(prompt_of(name))
     costs = re.findall(r"EXPECTED COST[^\n]*\nAbout ([\d,.]+)× an unguided 20-step run", note)
     assert len(costs) == len(samplers)
     if name == "sd15_segmentation_guidance_fast.json":
@@ -223,7 +239,7 @@ def test_every_stable_diffusion_note_says_what_each_sampler_is_expected_to_cost(
 def test_every_adm_note_counts_each_samplers_passes(name):
     """No ADM weights could be timed here, so its notes count the passes instead of pricing them."""
     note = [n["widgets_values"][0] for n in load(name)["nodes"] if n["type"] == "Note"][0]
-    samplers = [n["inputs"] for n in prompt_of(name).values() if n["class_type"] == "UniversalGuidedKSampler"]
+    samplers = samplers_of(prompt_of(name))
     counted = re.findall(r"EXPECTED COST[^\n]*\nPer image, counted \(samplers/cost.py\): ([\d,]+) UNet passes", note)
     assert [int(c.replace(",", "")) for c in counted] == [s["steps"] * s["recurrence"] for s in samplers]
 

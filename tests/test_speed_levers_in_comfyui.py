@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import guided_nodes
+
 SEED, STEPS = 3, 6
 SETTINGS = dict(weight=100.0, schedule="paper", backward_steps=1, backward_lr=0.1, optimizer="adam",
                 start_percent=0.0, end_percent=1.0)
@@ -29,10 +31,8 @@ def toy(comfy):
 
 
 def guided(comfy, toy, cfg=1.0, steps=STEPS, recurrence=2, **speed):
-    with torch.inference_mode():
-        out, _ = node(comfy, "UniversalGuidedKSampler").sample(
-            seed=SEED, steps=steps, cfg=cfg, sampler="ddim", scheduler="normal", denoise=1.0, recurrence=recurrence,
-            **toy, **speed)
+    out, _ = guided_nodes.ksampler(comfy, seed=SEED, steps=steps, cfg=cfg, scheduler="normal", denoise=1.0,
+                                   recurrence=recurrence, **toy, **speed)
     return out["samples"]
 
 
@@ -49,8 +49,8 @@ def instance_forwards(toy):
 
 
 def test_checkpointing_gives_the_default_result_and_leaves_the_modules_as_they_were(comfy, toy):
-    comfy_host = comfy.pack_module("nodes.comfy_host")
-    blocks = comfy_host.checkpoint_blocks(toy["model"].model, toy["vae"])
+    host_models = comfy.pack_module("nodes.host_models")
+    blocks = host_models.checkpoint_blocks(toy["model"].model, toy["vae"])
     names = {type(b).__name__ for b in blocks}
     assert {"ResBlock", "ResnetBlock"} <= names, names
     plain_before = unguided(comfy, toy)
@@ -78,35 +78,43 @@ def test_each_lever_samples_finite_guided_latents(comfy, toy, speed):
 
 
 def test_the_sampler_node_for_custom_sampling_takes_the_same_levers(comfy, toy):
-    with torch.inference_mode():
-        (sampler,) = node(comfy, "UGDUniversalGuidanceSampler").get_sampler(
-            toy["vae"], toy["guidance"], "ddim", 1, gradient="x0_only", guidance_every=3, checkpointing=True,
-            method="tfg", smoothing=0.2, rho_schedule="decrease", smoothing_schedule="constant")
-    options = sampler.extra_options["options"]
+    sampler = guided_nodes.sampler_node(comfy, toy["vae"], toy["guidance"], recurrence=1, gradient="x0_only",
+                                        guidance_every=3, checkpointing=True, method="tfg", smoothing=0.2,
+                                        rho_schedule="decrease", smoothing_schedule="constant")
+    options = sampler.extra_options["settings"]
     assert (options.gradient, options.guidance_every, options.checkpointing) == ("x0_only", 3, True)
     assert (options.method, options.smoothing) == ("tfg", 0.2)
     assert (options.rho_schedule, options.mu_schedule, options.smoothing_schedule) == ("decrease", "increase",
                                                                                        "constant")
 
 
-def test_a_preset_sets_its_levers_in_place_of_the_inputs_and_custom_keeps_them(comfy, toy):
-    sampler_nodes = comfy.pack_module("nodes.sampler_nodes")
-    presets = comfy.pack_module("samplers.presets").PRESETS
-    inputs = dict(guidance_every=3, gradient="through_unet", checkpointing=True)
-    assert sampler_nodes.preset_levers("custom", 20, 2, inputs) == (20, 2, inputs)
-    steps, recurrence, speed = sampler_nodes.preset_levers("fast", 20, 2, inputs)
-    fast = presets["fast"]
-    assert (steps, recurrence) == (fast.steps, fast.recurrence)
-    assert {k: speed[k] for k in fast.levers()} == fast.levers()
-    assert set(fast.levers()) == {"guidance_every", "gradient", "guidance_end", "weight_scale", "decode_resolution",
-                                  "backward_end", "backward_recurrence"}
-    assert speed["checkpointing"] is True  # memory and precision stay the user's
-    assert sampler_nodes.preset_levers("balanced", 20, 2, {})[0] == 20  # balanced keeps the sampler's steps
-    tooltip = node(comfy, "UniversalGuidedKSampler").INPUT_TYPES()["optional"]["preset"][1]["tooltip"]
-    for name, preset in presets.items():
+def test_a_preset_sets_its_levers_over_the_options_and_says_which_values_it_replaced(comfy, toy, caplog):
+    presets = comfy.pack_module("samplers.presets")
+    options = guided_nodes.options(comfy, guidance_every=3, gradient="through_unet", checkpointing=True,
+                                   recurrence=2)
+    assert presets.resolve("custom", options, 20) == (options, 20, [])
+    settings, steps, notes = presets.resolve("fast", options, 20)
+    fast = presets.PRESETS["fast"]
+    assert steps == fast.steps
+    assert {k: getattr(settings, k) for k in fast.levers} == fast.levers
+    assert set(fast.levers) == {"recurrence", "guidance_every", "gradient", "guidance_end", "weight_scale",
+                                  "decode_resolution", "backward_end", "backward_recurrence"}
+    assert settings.checkpointing is True and settings.method == options.method  # memory and the method stay
+    # every graph value the preset replaced is named, with the way to keep it; the levers it leaves are not
+    replaced = notes[0].split("options input's")[1]
+    assert "guidance_every 3" in replaced and "recurrence 2" in replaced and "gradient through_unet" in replaced
+    assert "preset custom" in notes[0] and "checkpointing" not in notes[0]
+    assert "steps 20 is not used" in notes[1]
+    assert presets.resolve("balanced", None, 20)[1] == 20  # balanced keeps the sampler's steps
+    tooltip = node(comfy, "UGDGuidedKSampler").INPUT_TYPES()["required"]["preset"][1]["tooltip"]
+    for name, preset in presets.PRESETS.items():
         assert f"{name}: {preset.describe()}" in tooltip  # what each preset sets is shown in the graph
-    with pytest.raises(ValueError, match="preset must be custom or one of"):
-        sampler_nodes.preset_levers("turbo", 20, 2, {})
+    with pytest.raises(ValueError, match="preset must be one of"):
+        presets.resolve("turbo", None, 20)
+    with caplog.at_level("WARNING"):
+        guided_nodes.ksampler(comfy, seed=SEED, steps=20, cfg=1.0, scheduler="normal", denoise=1.0, preset="fast",
+                              recurrence=2, **toy)
+    assert any("steps 20 is not used" in r.getMessage() for r in caplog.records)
 
 
 def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(comfy, toy):
@@ -114,19 +122,18 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
     fast = comfy.pack_module("samplers.presets").PRESETS["fast"]
     with pass_counts.recording() as counts:
         preset_run = guided(comfy, toy, preset="fast")
-    guided_steps = sum(1 for i in range(fast.steps) if i / fast.steps < fast.guidance_end)
-    late_steps = sum(1 for i in range(guided_steps, fast.steps) if i / fast.steps < fast.backward_end)
-    samples, k = 2, fast.backward_recurrence or fast.recurrence  # the guidance takes a backward step
-    late_k = fast.backward_recurrence or 1
+    levers = fast.over(comfy.pack_module("samplers.settings").Settings())
+    guided_steps = sum(1 for i in range(fast.steps) if i / fast.steps < levers.guidance_end)
+    late_steps = sum(1 for i in range(guided_steps, fast.steps) if i / fast.steps < levers.backward_end)
+    samples, k = 2, levers.backward_recurrence or levers.recurrence  # the guidance takes a backward step
+    late_k = levers.backward_recurrence or 1
     plain_steps = fast.steps - guided_steps - late_steps
     assert counts.forward["denoiser"] == samples * (guided_steps * k + late_steps * late_k + plain_steps)
     # forward guidance and one backward step on each guided pass; the backward step alone on the late steps
     assert counts.forward["decoder"] == samples * (guided_steps * k * 2 + late_steps * late_k)
     assert counts.backward["unet"] == 0  # x0_only
-    with torch.inference_mode():
-        spelled_out, _ = node(comfy, "UniversalGuidedKSampler").sample(
-            seed=SEED, steps=fast.steps, cfg=1.0, sampler="ddim", scheduler="normal", denoise=1.0,
-            recurrence=fast.recurrence, **fast.levers(), **toy)
+    spelled_out, _ = guided_nodes.ksampler(comfy, seed=SEED, steps=fast.steps, cfg=1.0, scheduler="normal",
+                                           denoise=1.0, **fast.levers, **toy)
     torch.testing.assert_close(preset_run, spelled_out["samples"])
     weak = guided(comfy, toy, weight_scale=0.0)
     strong = guided(comfy, toy)

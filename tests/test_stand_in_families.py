@@ -25,10 +25,8 @@ def family_graph(family, weight):
     graph = {"1": {"class_type": "UGDStandInModelFamily", "inputs": {"family": family, "seed": 0}},
              "4": {"class_type": FAMILIES[family][1], "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
     guidance = graphs.clip_guidance(graph, weight=weight)
-    graph["7"] = {"class_type": "UniversalGuidedKSampler", "inputs": {
-        "model": ["1", 0], "vae": ["1", 1], "positive": ["1", 2], "negative": ["1", 3], "latent_image": ["4", 0],
-        "guidance": guidance, "seed": 1, "steps": 3, "cfg": 2.0, "sampler": "ddim", "scheduler": "normal",
-        "denoise": 1.0, "recurrence": 2}}
+    graphs.guided_sampler(graph, "7", guidance, steps=3, cfg=2.0, vae=["1", 1], positive=["1", 2],
+                          negative=["1", 3], recurrence=2)
     graph["9"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 0], "positive": ["1", 2], "negative": ["1", 3], "latent_image": ["7", 0], "seed": 1,
         "steps": 3, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.5}}

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import guided_nodes
 from guidance.segmentation import voc_palette
 from toy_world import data, evaluation, networks, splits
 from toy_world.diffusion import WEIGHTS_DIR
@@ -74,8 +75,8 @@ def test_the_cheap_vae_guides_as_the_sampler_s_guidance_vae_and_leaves_both_vaes
         common = dict(model=model, positive=unconditional, negative=unconditional, latent_image=latent, seed=5,
                       steps=20, cfg=1.0, scheduler="ddim_uniform", denoise=1.0)
         before = node(comfy, "VAEDecode").decode(cheap_vae, latent)[0]
-        guided, _ = node(comfy, "UniversalGuidedKSampler").sample(vae=vae, guidance=guidance, sampler="ddim",
-                                                                  recurrence=4, guidance_vae=cheap_vae, **common)
+        guided, _ = guided_nodes.ksampler(comfy, vae=vae, guidance=guidance, recurrence=4, guidance_vae=cheap_vae,
+                                          **common)
         (unguided,) = node(comfy, "KSampler").sample(sampler_name="euler", **common)
         pictures = [vae.decode(samples["samples"]).movedim(-1, 1).clone() for samples in (guided, unguided)]
         assert torch.equal(node(comfy, "VAEDecode").decode(cheap_vae, latent)[0], before)

@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+import graphs
+import guided_nodes
 from guidance.segmentation import voc_palette
 from test_comfyui import images, run_ok
 from toy_world import evaluation, networks, splits, targets
@@ -90,8 +92,10 @@ def flow_graph(picture: str) -> dict:
             "segmentation_model": ["3", 0], "target_map": ["4", 0], "class_name": "circle", "outside_mask": "background",
             "weight": FLOW_WEIGHT, "schedule": "paper", "backward_steps": 0, "backward_lr": 0.1, "optimizer": "adam",
             "start_percent": 0.0, "end_percent": 1.0}},
-        "6": {"class_type": "UniversalGuidedKSampler", "inputs": {
-            **common, "vae": ["1", 1], "guidance": ["5", 0], "sampler": "ddim", "recurrence": FLOW_RECURRENCE}},
+        "6": {"class_type": "UGDGuidedKSampler", "inputs": {
+            **common, "vae": ["1", 1], "guidance": ["5", 0], "sampler_name": "ddim", "preset": "custom",
+            "options": ["6o", 0]}},
+        "6o": graphs.options_node(recurrence=FLOW_RECURRENCE),
         "7": {"class_type": "KSampler", "inputs": {**common, "sampler_name": "euler"}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 1]}},
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 1]}},
@@ -127,7 +131,7 @@ def test_the_custom_sampling_node_guides_the_flow_twin(flow_host):
             backward_steps=0, backward_lr=0.1, optimizer="adam", start_percent=0.0, end_percent=1.0)
         (latent,) = node(flow_host, "UGDEmptyToyWorldLatent").generate(2)
         (sigmas,) = node(flow_host, "BasicScheduler").get_sigmas(model, SCHEDULER, STEPS, 1.0)
-        (ugd,) = node(flow_host, "UGDUniversalGuidanceSampler").get_sampler(vae, guidance, "ddim", FLOW_RECURRENCE)
+        ugd = guided_nodes.sampler_node(flow_host, vae, guidance, recurrence=FLOW_RECURRENCE)
         (euler,) = node(flow_host, "KSamplerSelect").get_sampler("euler")
         guided, plain = (node(flow_host, "SamplerCustom").sample(model, True, REPORT_SEED, 1.0, unconditional,
                                                                   unconditional, s, sigmas, latent)[0]["samples"]

@@ -8,7 +8,17 @@ import torch
 from bench import toy_world_frontier as frontier
 from toy_world import splits, targets
 
-TINY = frontier.Setting("tiny", steps=3, recurrence=2, backward_steps=1)
+TINY = frontier.Setting("tiny", frontier.Settings(recurrence=2), steps=3, backward_steps=1)
+
+
+def with_levers(setting, **levers):
+    return frontier.dataclasses.replace(setting, levers=setting.levers.replace(**levers))
+
+
+def spelled_out(setting) -> dict:
+    """A row's fields with its settings' levers among them."""
+    fields = {f.name: getattr(setting, f.name) for f in frontier.dataclasses.fields(setting) if f.name != "levers"}
+    return {**fields, **{f.name: getattr(setting.levers, f.name) for f in frontier.dataclasses.fields(setting.levers)}}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +31,7 @@ def test_a_batch_of_targets_guides_each_sample_as_a_run_of_its_own(toy, task):
     """Without recurrence, whose re-noising is drawn for the whole batch, the run is deterministic given its noise."""
     task_targets = targets.targets(task, "tuning")[:2]
     seed = splits.sampling_seeds("tuning", 1)[0]
-    once = frontier.dataclasses.replace(TINY, recurrence=1)
+    once = with_levers(TINY, recurrence=1)
     batched = toy.sample("eps", task, task_targets, once, seed)
     alone = toy.sample("eps", task, task_targets[:1], once, seed)
     unguided = toy.sample("eps", task, task_targets[:1], frontier.Setting("plain", steps=3, guided=False), seed)
@@ -35,9 +45,9 @@ def test_a_batch_of_targets_guides_each_sample_as_a_run_of_its_own(toy, task):
 def test_a_row_under_bf16_autocast_runs_its_guided_passes_in_bf16_and_lands_near_full_precision(toy):
     task_targets = targets.targets("segmentation", "tuning")[:2]
     seed = splits.sampling_seeds("tuning", 1)[0]
-    once = frontier.dataclasses.replace(TINY, recurrence=1)
+    once = with_levers(TINY, recurrence=1)
     full = toy.sample("eps", "segmentation", task_targets, once, seed)
-    bf16 = toy.sample("eps", "segmentation", task_targets, frontier.dataclasses.replace(once, autocast="bf16"), seed)
+    bf16 = toy.sample("eps", "segmentation", task_targets, with_levers(once, autocast="bf16"), seed)
     unguided = toy.sample("eps", "segmentation", task_targets, frontier.Setting("plain", steps=3, guided=False), seed)
     moved_by_guidance, moved_by_bf16 = (full - unguided).abs().mean(), (full - bf16).abs().mean()
     # bf16's rounding compounds over the steps (about a quarter of guidance's movement here, at 3 steps); whether
@@ -59,9 +69,9 @@ def test_a_row_reports_a_score_with_its_interval_realism_and_counted_cost(toy):
 
 
 def test_the_sweep_changes_one_lever_of_paper_mode_at_a_time():
+    paper = spelled_out(frontier.PAPER)
     for setting in frontier.lever_sweep():
-        changed = {f.name for f in frontier.dataclasses.fields(frontier.Setting)
-                   if getattr(setting, f.name) != getattr(frontier.PAPER, f.name)} - {"name"}
+        changed = {name for name, value in spelled_out(setting).items() if value != paper[name]} - {"name"}
         assert len(changed) == 1, (setting, changed)
 
 
@@ -83,13 +93,13 @@ def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
 def test_the_paper_preset_is_the_benchmarks_paper_mode_and_preset_rows_spell_out_their_levers():
     levers = ("steps", "recurrence", "gradient", "decode_resolution", "cheap_decoder", "guidance_every",
               "guidance_end", "backward_end", "backward_recurrence", "weight_scale")
-    paper = frontier.preset_setting("paper")
-    assert [getattr(paper, f) for f in levers] == [getattr(frontier.PAPER, f) for f in levers]
-    fast = frontier.preset_setting("fast")
+    paper = spelled_out(frontier.preset_setting("paper"))
+    assert [paper[f] for f in levers] == [spelled_out(frontier.PAPER)[f] for f in levers]
+    fast = spelled_out(frontier.preset_setting("fast"))
     preset = frontier.PRESETS["fast"]
-    assert (fast.preset, fast.steps, fast.recurrence, fast.cheap_decoder) == \
-        ("fast", preset.steps, preset.recurrence, preset.cheap_decoder)
-    assert {k: getattr(fast, k) for k in preset.levers()} == preset.levers()
+    assert (fast["preset"], fast["steps"], fast["recurrence"], fast["cheap_decoder"]) == \
+        ("fast", preset.steps, preset.levers["recurrence"], preset.cheap_decoder)
+    assert {k: fast[k] for k in preset.levers} == preset.levers
 
 
 def test_the_pareto_front_keeps_only_points_that_nothing_beats_on_both_cost_and_score():

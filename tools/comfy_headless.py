@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_MODULE = "comfyui_universal_guidance"
+DEVELOPER_NODES = "UGD_DEVELOPER_NODES"  # nodes/__init__.py registers the stand-ins where it is "1"
 
 
 class _Server:
@@ -72,14 +73,17 @@ class ComfyHost:
     """A ComfyUI loaded in-process: `run(prompt)` validates and executes an API-format prompt."""
 
     def __init__(self, comfyui_path: str, output_dir: str | None = None, input_dir: str | None = None,
-                 extra_model_paths: list[str] | None = None, cli_args: tuple[str, ...] = ("--cpu",)):
+                 extra_model_paths: list[str] | None = None, cli_args: tuple[str, ...] = ("--cpu",),
+                 developer_nodes: bool = True):
         """extra_model_paths: ComfyUI's extra_model_paths.yaml files; by default the ComfyUI's own, if it has one.
-        cli_args: ComfyUI's command-line options (main.py's), by default CPU only."""
+        cli_args: ComfyUI's command-line options (main.py's), by default CPU only. developer_nodes: register the
+        pack's stand-ins, as its tools and tests want (DEVELOPER_NODES)."""
         self.path = os.path.abspath(comfyui_path)
         if not os.path.isfile(os.path.join(self.path, "execution.py")):
             raise FileNotFoundError(f"No ComfyUI at {self.path}: set COMFYUI_PATH to a ComfyUI checkout.")
         if "comfy" in sys.modules:
             raise RuntimeError("ComfyUI is already imported in this process; create one ComfyHost per process.")
+        os.environ[DEVELOPER_NODES] = "1" if developer_nodes else "0"
         sys.path.insert(0, self.path)
         argv = ["main.py", *cli_args]
         if os.path.isdir(os.path.join(self.path, "comfy_api_nodes")):
@@ -114,7 +118,7 @@ class ComfyHost:
             _maybe_await(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
         else:
             nodes.init_custom_nodes()
-        if "UniversalGuidedKSampler" not in nodes.NODE_CLASS_MAPPINGS:
+        if "UGDGuidedKSampler" not in nodes.NODE_CLASS_MAPPINGS:
             raise RuntimeError("The universal guidance pack failed to import into ComfyUI; see the log above.")
         self.folder_paths, self.nodes, self.execution = folder_paths, nodes, execution
         self.new_api = "prompt_id" in inspect.signature(execution.validate_prompt).parameters
