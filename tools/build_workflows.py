@@ -17,7 +17,8 @@ from run_workflow import AUTO, DOWNLOAD_PRETRAINED  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from adm.configs import DOWNLOAD_BASE  # noqa: E402
 from samplers.cost import counted_passes, settings_multiple  # noqa: E402
-from samplers.presets import PRESETS  # noqa: E402
+from samplers.presets import CUSTOM, PRESETS  # noqa: E402
+from samplers.settings import Settings  # noqa: E402
 from workflow_format import (  # noqa: E402
     CONTROL, UPLOAD, combo_choices, declared_inputs, input_options, socket_inputs, ui_to_api, widget_slots)
 
@@ -169,9 +170,9 @@ def _adm(workflow: Workflow, batch_size: int = 1) -> Base:
 GUIDE_NAMES = {"clip": "CLIP RN50", "segmentation": "LR-ASPP"}
 
 
-def _pixel_cost_note(title: str, steps: int, recurrence: int, terms: list[dict], levers: dict) -> str:
+def _pixel_cost_note(title: str, steps: int, terms: list[dict], settings: Settings) -> str:
     """The passes of a pixel-space model's run, unpriced: no ADM weights could be timed here."""
-    counts = counted_passes(steps, recurrence, terms, **levers)
+    counts = counted_passes(steps, terms, settings)
     forward, backward = counts.forward, counts.backward
     return (f"\n\nEXPECTED COST{f' ({title})' if title else ''}\nPer image, counted (samplers/cost.py): "
             f"{forward['denoiser']:,.0f} UNet passes, {backward['denoiser']:,.0f} of them with a backward pass, "
@@ -180,9 +181,8 @@ def _pixel_cost_note(title: str, steps: int, recurrence: int, terms: list[dict],
             f"not measured (bench/speed measures SD 1.5).")
 
 
-def _cost_note(title: str, steps: int, recurrence: int, terms: list[dict], decoder: str, guide: str | None,
-               levers: dict) -> str:
-    multiple = settings_multiple(steps, recurrence, terms, decoder, guide, **levers)
+def _cost_note(title: str, steps: int, terms: list[dict], settings: Settings, decoder: str, guide: str | None) -> str:
+    multiple = settings_multiple(steps, terms, settings, decoder, guide)
     parts = ["the UNet", "TAESD" if decoder == "taesd" else "the VAE"] + ([GUIDE_NAMES[guide]] if guide else [])
     priced = ", ".join(parts[:-1]) + " and " + parts[-1]
     unpriced = "" if guide else " The guidance networks' passes come on top: bench/speed does not measure them."
@@ -192,25 +192,33 @@ def _cost_note(title: str, steps: int, recurrence: int, terms: list[dict], decod
             f"as bench/speed measured them.{unpriced}")
 
 
+def _options(workflow: Workflow, recurrence: int) -> Output:
+    """A Universal Guidance Options node: the paper's method with k = recurrence, every other lever at its default."""
+    return workflow.add("UGDGuidanceOptions", f"Options (k = {recurrence})", recurrence=recurrence)[0]
+
+
 def _sample_and_save(workflow: Workflow, base: Base, guidance: Output, prefix: str, *, steps: int, cfg: float,
                      recurrence: int, terms: list[dict], guide: str | None, title: str | None = None,
-                     guidance_vae: Output | None = None, preset: str | None = None, cost_title: str = ""):
-    """The guided sampler, decode and save; the note gains the settings' expected cost. `terms` are the guidance
-    terms' weight and backward_steps, `guide` the guidance network as samplers/cost prices it."""
+                     guidance_vae: Output | None = None, preset: str | None = None, options: Output | None = None,
+                     cost_title: str = ""):
+    """The guided sampler, decode and save; the note gains the settings' expected cost. Without a preset the
+    sampler takes an options node with k = recurrence (`options`, or a new one); a preset's steps show in its steps
+    widget. `terms` are the guidance terms' weight and backward_steps, `guide` the guidance network as
+    samplers/cost prices it."""
     extra = {"guidance_vae": guidance_vae} if guidance_vae else {}
-    levers = {}
-    if preset:  # the widgets show the preset's values
+    if preset:
         chosen = PRESETS[preset]
-        steps, recurrence = chosen.steps or steps, chosen.recurrence
-        levers = chosen.levers()
-        extra.update(levers, preset=preset)
+        steps, settings = chosen.steps or steps, chosen.over(Settings())
+    else:
+        settings = Settings(recurrence=recurrence)
+        extra["options"] = options or _options(workflow, recurrence)
     title = title or f"Universal Guided KSampler ({f'{preset} preset' if preset else f'k = {recurrence}'})"
-    workflow.note += (_pixel_cost_note(cost_title, steps, recurrence, terms, levers) if base.pixel else
-                      _cost_note(cost_title, steps, recurrence, terms, "taesd" if guidance_vae else "vae", guide, levers))
-    sampler = workflow.add("UniversalGuidedKSampler", title, model=base.model, vae=base.vae, positive=base.positive,
-                           negative=base.negative, latent_image=base.latent, guidance=guidance, seed=SEED, steps=steps,
-                           cfg=cfg, sampler="ddim", scheduler="ddim_uniform", denoise=1.0, recurrence=recurrence,
-                           **extra)
+    workflow.note += (_pixel_cost_note(cost_title, steps, terms, settings) if base.pixel else
+                      _cost_note(cost_title, steps, terms, settings, "taesd" if guidance_vae else "vae", guide))
+    sampler = workflow.add("UGDGuidedKSampler", title, model=base.model, seed=SEED, steps=steps, cfg=cfg,
+                           sampler_name="ddim", scheduler="ddim_uniform", positive=base.positive,
+                           negative=base.negative, latent_image=base.latent, denoise=1.0, vae=base.vae,
+                           guidance=guidance, preset=preset or CUSTOM, **extra)
     decode = workflow.add("VAEDecode", samples=sampler[0], vae=base.vae)
     workflow.add("SaveImage", images=decode[0], filename_prefix=prefix)
 
@@ -257,8 +265,8 @@ def clip_text() -> Workflow:
 
 def _segmentation_guided(name: str, experiment: str, steps: int, preset: str | None) -> Workflow:
     files = [SD_FILE, SEG_FILE, "- ugd_segmentation_map_dog.png in ComfyUI/input/ (shipped in workflows/inputs/)."]
-    sampling = (f"The sampler's {preset} preset: {PRESETS[preset].describe()}; its widgets show these values. "
-                if preset else f"Recurrence k = 10. {steps} DDIM steps. ")
+    sampling = (f"The sampler's {preset} preset: {PRESETS[preset].describe()}; its tooltip and the run's log show "
+                f"these values. " if preset else f"Recurrence k = 10. {steps} DDIM steps. ")
     settings = (f"s(t) = 400·√(1−ᾱ): weight 400, schedule paper. {sampling}cfg 1.5 with the text prompt. "
                 "The map is painted in PASCAL VOC colours (dog = (64, 0, 128), background black) and must have "
                 "the image's aspect ratio.")
@@ -379,12 +387,13 @@ def _object_location_forward_vs_backward(workflow: Workflow, base: Base) -> Work
     forward = workflow.add("UGDObjectLocationGuidance", "Forward only", backward_steps=0, **common)
     both = workflow.add("UGDObjectLocationGuidance", "Forward + backward (m = 1)", backward_steps=1, **common)
     prefix = "ugd_adm_object_location" if base.pixel else "ugd_object_location"
+    options = _options(workflow, 3)  # one for both samplers: only the guidance differs
     _sample_and_save(workflow, base, forward[0], f"{prefix}_forward", steps=1000, cfg=1.0,
                      recurrence=3, terms=[dict(weight=100.0)], guide=None, title="Sampler: forward only (k = 3)",
-                     cost_title="forward only")
+                     options=options, cost_title="forward only")
     _sample_and_save(workflow, base, both[0], f"{prefix}_forward_backward", steps=1000, cfg=1.0,
                      recurrence=3, terms=[dict(weight=100.0, backward_steps=1)], guide=None,
-                     title="Sampler: forward + backward (k = 3)", cost_title="forward + backward")
+                     title="Sampler: forward + backward (k = 3)", options=options, cost_title="forward + backward")
     return workflow
 
 
@@ -521,8 +530,9 @@ def toy_world_segmentation() -> Workflow:
     common = dict(model=toy[0], positive=toy[2], negative=toy[2], latent_image=latent[0], seed=SEED, steps=TOY_STEPS,
                   cfg=1.0, scheduler="ddim_uniform", denoise=1.0)
     unguided = workflow.add("KSampler", "Unguided (same seed; euler = DDIM)", sampler_name="euler", **common)
-    guided = workflow.add("UniversalGuidedKSampler", f"Universal Guided KSampler (k = {TOY_RECURRENCE})", vae=toy[1],
-                          guidance=guidance[0], sampler="ddim", recurrence=TOY_RECURRENCE, **common)
+    guided = workflow.add("UGDGuidedKSampler", f"Universal Guided KSampler (k = {TOY_RECURRENCE})", sampler_name="ddim",
+                          vae=toy[1], guidance=guidance[0], preset=CUSTOM, options=_options(workflow, TOY_RECURRENCE),
+                          **common)
     unguided_image = workflow.add("VAEDecode", "Decode unguided", samples=unguided[0], vae=toy[1])
     guided_image = workflow.add("VAEDecode", "Decode guided", samples=guided[0], vae=toy[1])
     grid = workflow.add("UGDImageGrid", "Target | unguided | guided", image_1=target[0], image_2=unguided_image[0],
