@@ -200,8 +200,11 @@ def build(host, size: int, batch: int):
 def _pack(host) -> types.SimpleNamespace:
     """The pack's modules as ComfyUI imported them."""
     return types.SimpleNamespace(
-        comfy_host=host.pack_module("nodes.comfy_host"),
-        engine=host.pack_module("samplers.universal_guidance"),
+        host_models=host.pack_module("nodes.host_models"),
+        cfg_branches=host.pack_module("nodes.cfg_branches"),
+        Guide=host.pack_module("samplers.guide").Guide,
+        guided_x0=host.pack_module("samplers.methods.ugd").guided_x0,
+        base_step=host.pack_module("samplers.base_step").base_step,
         checkpointing=host.pack_module("samplers.checkpointing"),
         decoding=host.pack_module("samplers.decoding"),
         GuidancePrecision=host.pack_module("samplers.precision").GuidancePrecision,
@@ -227,8 +230,8 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
 
     def bench_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
         guidance = built["clip"] + built["segmentation"]
-        base_model, extra_args, decode = pack.comfy_host.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["vae"])
-        _, _, decode_taesd = pack.comfy_host.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["taesd_vae"])
+        base_model, extra_args, decode = pack.host_models.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["vae"])
+        _, _, decode_taesd = pack.host_models.prepare_guided_sampling(model, x.shape, extra_args, guidance, built["taesd_vae"])
         with torch.inference_mode(False):
             clip_loss = built["clip"][0].loss.bind(x.device)
             segmentation_loss = built["segmentation"][0].loss.bind(x.device)
@@ -244,11 +247,14 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
             image_direction = torch.randn(image_size, generator=generator).to(x)
             image = torch.rand(image_size, generator=generator).to(x)
         x0_plain = model(x, sigma, **extra_args).clone()
-        exact = pack.engine.GuidedDenoiser(model, decode, extra_args)
+        def denoise(x_in, sigma_in):
+            return model(x_in, sigma_in, **extra_args)
+
+        exact = pack.Guide(denoise, decode)
         autograd = exact.autograd  # one runner, so every measurement clones saved activations if the host needs it
 
         def step(x0):
-            return pack.engine.base_step(x, x0, a, b, a_next, b_next)
+            return pack.base_step(x, x0, a, b, a_next, b_next)
 
         def gradient_of(output_fn, leaf_value, direction=None):
             def compute():
@@ -258,14 +264,14 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
                 return grad
             return lambda: autograd.run(compute)
 
-        def guided_step(denoiser, blocks=()):
+        def guided_step(guide, blocks=()):
             def run():
                 with pack.checkpointing.checkpointed(blocks):
-                    return step(denoiser(x, sigma, active, a, b))
+                    return step(pack.guided_x0(guide, x, sigma, active, a, b))
             return run
 
         def denoiser(decoder, **options):
-            return pack.engine.GuidedDenoiser(model, decoder, extra_args, clone_saved=autograd.clone_saved, **options)
+            return pack.Guide(denoise, decoder, autograd=autograd, **options)
 
         def clip_through(decoder):
             return gradient_of(lambda x0: clip_loss(decoder(x0)).sum(), x0_plain)
@@ -287,10 +293,10 @@ def measure(host, built: dict, names: list[str], meter: Meter) -> None:
             "decoder_vae_half": clip_through(pack.decoding.at_reduced_resolution(decode, "half")),
             "decoder_vae_quarter": clip_through(pack.decoding.at_reduced_resolution(decode, "quarter")),
             "guided": guided_step(exact),
-            "guided_checkpointing": guided_step(exact, pack.comfy_host.checkpoint_blocks(base_model, built["vae"])),
+            "guided_checkpointing": guided_step(exact, pack.host_models.checkpoint_blocks(base_model, built["vae"])),
             "guided_x0_only": guided_step(denoiser(decode, gradient="x0_only")),
             "guided_unconditional": guided_step(denoiser(
-                decode, gradient="unconditional", unconditional=pack.comfy_host.unconditional_branches(model, extra_args))),
+                decode, gradient="unconditional", unconditional=pack.cfg_branches.unconditional_branches(model, extra_args))),
             "guided_taesd": guided_step(denoiser(decode_taesd)),
             "guided_taesd_x0_only": guided_step(denoiser(decode_taesd, gradient="x0_only")),
             "guided_bf16": guided_step(denoiser(decode, precision=pack.GuidancePrecision("bf16", device_type))),
@@ -362,7 +368,7 @@ def toy_agreement(host) -> None:
     result = {}
 
     def agreement_sampler(model_fn, x, sigmas, extra_args=None, callback=None, disable=None):
-        base_model, extra_args, decode = pack.comfy_host.prepare_guided_sampling(model_fn, x.shape, extra_args, guidance, vae)
+        base_model, extra_args, decode = pack.host_models.prepare_guided_sampling(model_fn, x.shape, extra_args, guidance, vae)
         with torch.inference_mode(False):
             active = [(guidance[0], guidance[0].loss.bind(x.device))]
         sigma = sigmas[0] * x.new_ones([x.shape[0]])
@@ -370,12 +376,13 @@ def toy_agreement(host) -> None:
         plain = model_fn(x, sigma, **extra_args)
 
         def update(decoder=decode, blocks=(), **options):
+            guide = pack.Guide(lambda x_in, sigma_in: model_fn(x_in, sigma_in, **extra_args), decoder, **options)
             with pack.checkpointing.checkpointed(blocks):
-                return pack.engine.GuidedDenoiser(model_fn, decoder, extra_args, **options)(x, sigma, active, a, b) - plain
+                return pack.guided_x0(guide, x, sigma, active, a, b) - plain
 
         exact = update()
         variants = {
-            "guided_checkpointing": update(blocks=pack.comfy_host.checkpoint_blocks(base_model, vae)),
+            "guided_checkpointing": update(blocks=pack.host_models.checkpoint_blocks(base_model, vae)),
             "guided_x0_only": update(gradient="x0_only"),
             "decoder_vae_half": update(pack.decoding.at_reduced_resolution(decode, "half")),
             "decoder_vae_quarter": update(pack.decoding.at_reduced_resolution(decode, "quarter")),

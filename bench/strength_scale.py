@@ -40,7 +40,7 @@ class Families:
 
     def __init__(self, host: ComfyHost):
         self.nodes = host.nodes.NODE_CLASS_MAPPINGS
-        self.comfy_host = host.pack_module("nodes.comfy_host")
+        self.guided_sampling = host.pack_module("nodes.guided_sampling")
         self.noise_coefficients = host.pack_module("samplers.parameterization").noise_coefficients
         self.clip_model = self.call("UGDStandInCLIPGuidanceModel", "load", seed=SEED)[0]
         self.target = torch.rand(1, IMAGE_SIZE, IMAGE_SIZE, 3, generator=torch.Generator().manual_seed(SEED))
@@ -73,7 +73,7 @@ class Families:
         import comfy.sample  # the host is set up by now
 
         model, vae, positive, negative, latent = family_parts
-        sampler = self.comfy_host.universal_guidance_sampler(guidance, vae, 1, "ddim")
+        sampler = self.guided_sampling.universal_guidance_sampler(guidance, vae)
         noise = comfy.sample.prepare_noise(latent, SEED)
         seen = []
         with torch.inference_mode():

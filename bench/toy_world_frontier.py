@@ -55,6 +55,7 @@ from samplers import cost as sd_equivalent  # noqa: E402
 # w and backward lr per task (combination uses two), and the target map as Segmentation Guidance reads it
 from bench.toy_world_quality import WEIGHTS, as_comfy_image, map_picture  # noqa: E402
 from samplers.presets import PRESETS  # noqa: E402
+from samplers.settings import Settings  # noqa: E402
 from toy_world import evaluation, networks, splits, targets  # noqa: E402
 
 TASKS = ("segmentation", "classification", "location", "inpainting", "combination")
@@ -71,53 +72,49 @@ BACKWARD_ONLY = {"inpainting"}
 BOOTSTRAP_DRAWS = 1000
 
 
+PAPER_LEVERS = Settings(recurrence=10)  # paper mode: the paper's method, every step guided through the UNet, k = 10
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """The sampler's levers for one row; the defaults are paper mode but for backward_steps (None: the task's)."""
+    """One row: the sampler's settings (samplers/settings.py), its steps and guidance decoder, and what the row asks
+    of the guidance terms. The defaults are paper mode but for backward_steps (None: the task's)."""
 
     name: str
+    levers: Settings = PAPER_LEVERS
     steps: int = 20
-    recurrence: int = 10
-    gradient: str = "through_unet"
-    decode_resolution: str = "full"
     cheap_decoder: bool = False
-    guidance_every: int = 1
-    guidance_end: float = 1.0
-    backward_end: float = 0.0
-    backward_recurrence: int = 0
-    weight_scale: float = 1.0
     strength: float | None = None  # None: each task's raw w, paper schedule; a number: the auto schedule's w, for all
-    method: str = "ugd"
     method_strength: float | None = None  # the multiple m of `method_terms`; None: the task's own settings
-    smoothing: float = 0.0
     backward_steps: int | None = None
     guided: bool = True
     preset: str = "custom"
-    autocast: str = "off"
 
 
-UNGUIDED = Setting("unguided", recurrence=1, guided=False)
+def paper_with(name: str, **levers) -> Setting:
+    """Paper mode with these levers changed."""
+    return Setting(name, PAPER_LEVERS.replace(**levers))
+
+
+UNGUIDED = Setting("unguided", Settings(), guided=False)
 PAPER = Setting("paper")
 
 
 def preset_setting(name: str) -> Setting:
     """The row of a shipped preset, run through the sampler's preset input; its levers spelled out for the cost."""
     preset = PRESETS[name]
-    return Setting(f"{name} preset", steps=preset.steps or Setting.steps, recurrence=preset.recurrence,
-                   gradient=preset.gradient, decode_resolution=preset.decode_resolution, cheap_decoder=preset.cheap_decoder,
-                   guidance_every=preset.guidance_every, guidance_end=preset.guidance_end,
-                   backward_end=preset.backward_end, backward_recurrence=preset.backward_recurrence,
-                   weight_scale=preset.weight_scale, preset=name)
+    return Setting(f"{name} preset", preset.over(Settings()), steps=preset.steps or Setting.steps,
+                   cheap_decoder=preset.cheap_decoder, preset=name)
 
 
 def lever_sweep() -> list[Setting]:
     """Paper mode with one lever changed at a time."""
     return [
-        Setting("cheap decoder", cheap_decoder=True), Setting("x0_only", gradient="x0_only"),
-        Setting("decode half", decode_resolution="half"), Setting("decode quarter", decode_resolution="quarter"),
-        *[Setting(f"every {n}", guidance_every=n) for n in (2, 4)],
-        *[Setting(f"first {round(100 * p)}%", guidance_end=p) for p in (0.3, 0.5, 0.7)],
-        *[Setting(f"k = {k}", recurrence=k) for k in (1, 2, 4)],
+        Setting("cheap decoder", cheap_decoder=True), paper_with("x0_only", gradient="x0_only"),
+        paper_with("decode half", decode_resolution="half"), paper_with("decode quarter", decode_resolution="quarter"),
+        *[paper_with(f"every {n}", guidance_every=n) for n in (2, 4)],
+        *[paper_with(f"first {round(100 * p)}%", guidance_end=p) for p in (0.3, 0.5, 0.7)],
+        *[paper_with(f"k = {k}", recurrence=k) for k in (1, 2, 4)],
         *[Setting(f"steps {n}", steps=n) for n in (10, 50)],
         *[Setting(f"m = {m}", backward_steps=m) for m in (0, 1, 3, 5)],
     ]
@@ -195,15 +192,11 @@ class Toy:
                 weight = 0.0 if task in BACKWARD_ONLY else MODEL_WEIGHT_SCALE[model]
                 guidance = self.guidance(task, task_targets, weight, backward_steps, setting.strength)
             else:
-                guidance = self.guidance(task, task_targets, **method_terms(task, setting.method, setting.method_strength))
-            samples = self.call("UniversalGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler="ddim",
-                                recurrence=setting.recurrence, guidance_vae=cheap_vae if setting.cheap_decoder else vae,
-                                guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
-                                backward_end=setting.backward_end, backward_recurrence=setting.backward_recurrence,
-                                gradient=setting.gradient, weight_scale=setting.weight_scale,
-                                decode_resolution=setting.decode_resolution, preset=setting.preset,
-                                autocast=setting.autocast, method=setting.method, smoothing=setting.smoothing,
-                                **common)[0]
+                guidance = self.guidance(task, task_targets,
+                                         **method_terms(task, setting.levers.method, setting.method_strength))
+            samples = self.call("UGDGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler_name="ddim",
+                                guidance_vae=cheap_vae if setting.cheap_decoder else vae, preset=setting.preset,
+                                options=setting.levers, **common)[0]
         with torch.inference_mode():
             return vae.decode(samples["samples"]).movedim(-1, 1).clone()
 
@@ -290,7 +283,7 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
     kid, kid_spread = evaluation.kid(features, torch.cat(images_all), real)
     return dict(model=model, task=task, setting=setting.name, mean=float(table.mean()), interval=bootstrap_interval(table),
                 samples=samples, denoising_error=float(torch.cat(errors).mean()), kid=kid, kid_spread=kid_spread,
-                sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict(), autocast=setting.autocast,
+                sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict(), autocast=setting.levers.autocast,
                 scores=table.tolist())
 
 
@@ -306,12 +299,13 @@ def strength_settings(model: str, task: str) -> list[Setting]:
     """At the balanced preset's levers: each task's raw w as the preset scales it, the shared auto w, and the task's
     own best auto w when that differs."""
     balanced = dataclasses.replace(preset_setting("balanced"), preset="custom")
+    unscaled = balanced.levers.replace(weight_scale=1.0)
     rows = [dataclasses.replace(balanced, name="balanced levers, raw w"),
-            dataclasses.replace(balanced, name=f"balanced levers, auto w = {AUTO_STRENGTH:g}", weight_scale=1.0,
+            dataclasses.replace(balanced, name=f"balanced levers, auto w = {AUTO_STRENGTH:g}", levers=unscaled,
                                 strength=AUTO_STRENGTH)]
     own = AUTO_STRENGTH_PER_TASK[model, task]
     if own != AUTO_STRENGTH:
-        rows.append(dataclasses.replace(balanced, name=f"balanced levers, auto w = {own:g}", weight_scale=1.0,
+        rows.append(dataclasses.replace(balanced, name=f"balanced levers, auto w = {own:g}", levers=unscaled,
                                         strength=own))
     return rows
 
@@ -319,9 +313,9 @@ def strength_settings(model: str, task: str) -> list[Setting]:
 def combinations() -> list[Setting]:
     """Levers that were promising alone (tuning half, segmentation), together; the presets are more of them."""
     return [
-        Setting("x0_only, first 30%", gradient="x0_only", guidance_end=0.3),
-        Setting("first 30%, k = 4", guidance_end=0.3, recurrence=4),
-        Setting("x0_only, first 50%, k = 4", gradient="x0_only", guidance_end=0.5, recurrence=4),
+        paper_with("x0_only, first 30%", gradient="x0_only", guidance_end=0.3),
+        paper_with("first 30%, k = 4", guidance_end=0.3, recurrence=4),
+        paper_with("x0_only, first 50%, k = 4", gradient="x0_only", guidance_end=0.5, recurrence=4),
         dataclasses.replace(preset_setting("fast"), name="fast, full decoder", cheap_decoder=False, preset="custom"),
     ]
 
@@ -336,7 +330,7 @@ def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS
     location with the ε model. The strength group, not in all: the auto schedule against each task's raw w on the
     tasks with forward guidance (inpainting has none). --quick: segmentation with the ε model only."""
     if quick:
-        return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, preset_setting("fast"), Setting("k = 2", recurrence=2))]
+        return [("eps", "segmentation", s) for s in (UNGUIDED, PAPER, preset_setting("fast"), paper_with("k = 2", recurrence=2))]
     presets = [preset_setting(name) for name in PRESETS if name != "paper"]
     if group == "strength":
         return [(model, task, s) for model in models for task in tasks if task not in BACKWARD_ONLY
@@ -359,12 +353,9 @@ def expected_cost(task: str, setting: Setting) -> float:
     cut-off run has the most rows)."""
     backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
     term = dict(weight=0.0 if task in BACKWARD_ONLY else 1.0, backward_steps=backward_steps)
-    return sd_equivalent.settings_multiple(
-        setting.steps, setting.recurrence, [term], "taesd" if setting.cheap_decoder else "vae",
-        "segmentation" if task == "segmentation" else "clip", gradient=setting.gradient,
-        guidance_every=setting.guidance_every, guidance_end=setting.guidance_end,
-        backward_end=setting.backward_end, backward_recurrence=setting.backward_recurrence,
-        decode_resolution=setting.decode_resolution)
+    return sd_equivalent.settings_multiple(setting.steps, [term], setting.levers,
+                                           "taesd" if setting.cheap_decoder else "vae",
+                                           "segmentation" if task == "segmentation" else "clip")
 
 
 def row_key(row: dict) -> tuple[str, str, str]:
@@ -602,11 +593,12 @@ def main(argv=None) -> list[dict]:
         write(results, args.output, args.half)
         print(f"wrote {args.output}/results_{args.half}.md, .json and frontier_{args.half}.png from {len(results)} rows")
         return results
-    rows = [(model, task, dataclasses.replace(setting, autocast=args.autocast) if setting.guided else setting)
+    rows = [(model, task, dataclasses.replace(setting, levers=setting.levers.replace(autocast=args.autocast))
+             if setting.guided else setting)
             for model, task, setting in rows_to_run(args.quick, args.models, args.tasks, args.rows)]
     results = (saved_rows([os.path.join(path, f"results_{args.half}.json") for path in [args.output, *worker_outputs(args.output)]])
                if args.resume else [])
-    autocast = {(model, task, setting.name): setting.autocast for model, task, setting in rows}
+    autocast = {(model, task, setting.name): setting.levers.autocast for model, task, setting in rows}
     results = [r for r in results if r.get("autocast", "off") == autocast.get(row_key(r), r.get("autocast", "off"))]
     done = {row_key(r) for r in results}  # a row saved under another autocast runs again
     todo = [i for i, (model, task, setting) in enumerate(rows) if (model, task, setting.name) not in done]

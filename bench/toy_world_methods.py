@@ -43,15 +43,19 @@ TFG_SMOOTHING = 0.1
 def levers(cost: str) -> frontier.Setting:
     if cost == "paper":
         return frontier.PAPER
-    return dataclasses.replace(frontier.preset_setting("fast"), preset="custom", weight_scale=1.0)
+    fast = frontier.preset_setting("fast")
+    return dataclasses.replace(fast, preset="custom", levers=fast.levers.replace(weight_scale=1.0))
 
 
 def setting(cost: str, method: str, m: float) -> frontier.Setting:
     """The levers for a method; MPGD's and TFG's mean guidance is a backward step, so the fast preset's
     backward_recurrence 1 would take their guided steps' recurrence away: they keep its k there instead."""
-    chosen = dataclasses.replace(levers(cost), name=f"{method}, m = {m:.3g}", method=method, method_strength=m,
-                                 smoothing=TFG_SMOOTHING if method == "tfg" else 0.0)
-    return dataclasses.replace(chosen, backward_recurrence=0) if method in ("mpgd", "tfg") else chosen
+    chosen = levers(cost)
+    changes = dict(method=method, smoothing=TFG_SMOOTHING if method == "tfg" else 0.0)
+    if method in ("mpgd", "tfg"):
+        changes["backward_recurrence"] = 0
+    return dataclasses.replace(chosen, name=f"{method}, m = {m:.3g}", method_strength=m,
+                               levers=chosen.levers.replace(**changes))
 
 
 def search(evaluate, budget_log: list) -> float:

@@ -55,6 +55,7 @@ class Toy:
     def __init__(self, host: ComfyHost):
         self.nodes = host.nodes.NODE_CLASS_MAPPINGS
         self.pass_counts = host.pack_module("samplers.pass_counts")
+        self.settings = host.pack_module("samplers.settings")
         with torch.inference_mode():
             self.model, self.vae, self.unconditional, self.cheap_vae = self.call("UGDToyWorldLoader", "load")
             self.segmenter, self.classifier, self.detector = self.call("UGDToyWorldGuidanceNetworks", "load")
@@ -72,8 +73,8 @@ class Toy:
         if guidance is None:
             samples = self.call("KSampler", "sample", sampler_name="euler", **common)[0]
         else:
-            samples = self.call("UniversalGuidedKSampler", "sample", vae=self.vae, guidance=guidance, sampler="ddim",
-                                recurrence=recurrence, **common)[0]
+            samples = self.call("UGDGuidedKSampler", "sample", vae=self.vae, guidance=guidance, sampler_name="ddim",
+                                preset="custom", options=self.settings.Settings(recurrence=recurrence), **common)[0]
         with torch.inference_mode():
             return self.vae.decode(samples["samples"]).movedim(-1, 1).clone()
 
