@@ -35,6 +35,16 @@ class ReconstructionLoss:
         if self.known is not None:
             check_fits("the mask", self.known.shape[0], *self.known.shape[2:], batch, height, width)
 
+    @property
+    def knows_pixels(self) -> bool:
+        """Whether a mask leaves part of the image known: pixels to keep. Without one the whole reference is a soft
+        target."""
+        return self.known is not None
+
+    def known_pixels(self, batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the reference (B, 3, H, W), known (B, 1, H, W), 1 where it is known) at this size."""
+        return fit(self.reference.float(), batch, height, width), fit(self.known.float(), batch, height, width)
+
     def bind(self, device: torch.device):
         reference = self.reference.to(device=device, dtype=torch.float32).clone()
         known = None if self.known is None else self.known.to(device=device, dtype=torch.float32).clone()

@@ -97,8 +97,9 @@ def checkpoint_blocks(base_model, vae) -> list[torch.nn.Module]:
     return blocks
 
 
-def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae):
-    """Load the UNet, the VAE and the guidance networks, make them autograd-safe, and build the decoder.
+def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, other_vaes=()):
+    """Load the UNet, the VAE (and any other VAE guidance decodes with) and the guidance networks, make them
+    autograd-safe, and build the decoder.
 
     `model` is the denoiser ComfyUI hands a sampler function. Returns (base model, extra_args, decode).
     """
@@ -106,8 +107,9 @@ def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae):
     extra_args = _normal_copies(model, extra_args)
     check_guidance(guidance, x_shape, vae)
     patcher, networks = _patcher_of(base_model), guidance_patchers(guidance)
-    comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [vae.patcher] + networks)
-    for module in [base_model, vae.first_stage_model] + [p.model for p in networks]:
+    vaes = [vae, *(other for other in other_vaes if other is not vae)]
+    comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [v.patcher for v in vaes] + networks)
+    for module in [base_model] + [v.first_stage_model for v in vaes] + [p.model for p in networks]:
         make_autograd_safe(module)
     if getattr(comfy.model_management, "sage_attention_enabled", lambda: False)():
         log.warning("Universal guidance: SageAttention has no backward pass, so the guidance gradient loses the "

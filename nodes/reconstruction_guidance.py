@@ -7,7 +7,8 @@ from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 
 class ImageReconstructionGuidance:
     DESCRIPTION = ("ℓ2 between the decoded image and a reference IMAGE where the optional MASK leaves it known "
-                   "(mask 1 = generate freely). Defaults to backward guidance only (w = 0), as in paper §5.1.")
+                   "(mask 1 = generate freely). Defaults to backward guidance only (w = 0), as in paper §5.1. With the "
+                   "sampler's known_pixels replace, the known region is also held at its encoding.")
     CATEGORY = "universal_guidance/guidance"
     RETURN_TYPES = (GUIDANCE,)
     FUNCTION = "guide"
@@ -24,8 +25,9 @@ class ImageReconstructionGuidance:
         }
 
     def guide(self, image, mask=None, **settings):
-        if settings["weight"] == 0 and settings["backward_steps"] == 0:
-            raise ValueError("Image Reconstruction Guidance: weight and backward_steps are both 0, so it would do nothing.")
+        if settings["weight"] == 0 and settings["backward_steps"] == 0 and mask is None:
+            raise ValueError("Image Reconstruction Guidance: weight and backward_steps are both 0 and there is no mask "
+                             "of pixels to keep, so it would do nothing.")
         return guidance_output("image reconstruction guidance", ReconstructionLoss(image, mask), **settings)
 
 

@@ -41,7 +41,8 @@ def log_plan(guidance, sigmas, noise_scaling, settings: Settings, vae, base_mode
 
 def pass_summary(counts: PassCounts, samples: int, seconds: float) -> str:
     per_sample = counts.per_sample(samples)
-    parts = {"unet": "UNet (with the CFG batch)", "decoder": "guidance decoder", "guidance_network": "guidance losses"}
+    parts = {"unet": "UNet (with the CFG batch)", "decoder": "guidance decoder", "guidance_network": "guidance losses",
+             "polish_decoder": "known pixels' polish"}
     passes = ", ".join(f"{label} {per_sample.forward[part]:g} forward / {per_sample.backward[part]:g} backward"
-                       for part, label in parts.items())
+                       for part, label in parts.items() if part != "polish_decoder" or per_sample.forward[part])
     return f"Universal guidance: {samples} sample(s) in {seconds:.1f} s; per sample, {passes}."

@@ -66,7 +66,7 @@ def guided_ksample(model, vae, positive, negative, latent_image, guidance, seed:
         latent = comfy.sample.fix_empty_latent_channels(model, latent)
     check_guidance(guidance, latent.shape, decoder_vae)
     history = LossHistory()
-    ksampler = universal_guidance_sampler(guidance, decoder_vae, settings, history)
+    ksampler = universal_guidance_sampler(guidance, decoder_vae, settings, history, encoder=vae)
     extra_models = [decoder_vae.patcher] + guidance_patchers(guidance)
     if hasattr(model, "set_additional_models"):  # loads them in the same call as the UNet
         model = model.clone()

@@ -5,7 +5,8 @@ wrote to samplers/part_costs.json (seconds per image, forward and backward; reru
 
 - each denoiser pass as SD's UNet on a cond and uncond pair, as SD runs with classifier-free guidance and as
   bench/speed measured it, whatever CFG the counted run used;
-- each guidance-decoder pass as SD's VAE decoder, or TAESD when the run decoded with the cheap decoder;
+- each guidance-decoder pass as SD's VAE decoder, or TAESD when the run decoded with the cheap decoder, and each
+  pass of the known pixels' polish (samplers/known_pixels.py) as the VAE decoder, which it runs;
 - each guidance-loss pass as the guidance network named (CLIP RN50 or LR-ASPP, measured at 512 px).
 
 Both runs end with one VAE decode. The reference is an unguided run of 20 steps: 20 UNet pairs and that decode.
@@ -25,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from .known_pixels import HeldLatent
 from .pass_counts import PassCounts
 from .settings import Settings
 from .terms import GuidanceTerm
@@ -55,12 +57,13 @@ def sd15_multiple(forward: dict, backward: dict, decoder: str, guide: str | None
     if decoder not in DECODERS or guide not in GUIDES + (None,):
         raise ValueError(f"decoder must be one of {DECODERS} and guide one of {GUIDES} or None, got {decoder!r} and {guide!r}")
     costs = costs or part_costs()
-    priced = {"denoiser": ("unet", 2), "decoder": (decoder, 1)}
+    priced = {"denoiser": ("unet", 2), "decoder": (decoder, 1), "polish_decoder": ("vae", 1)}
     if guide:
         priced["guidance_network"] = (guide, 1)
     seconds = costs["vae"]["forward"]  # the final decode
     for counted, (part, images) in priced.items():
-        seconds += images * (forward[counted] * costs[part]["forward"] + backward[counted] * costs[part]["backward"])
+        seconds += images * (forward.get(counted, 0) * costs[part]["forward"]
+                             + backward.get(counted, 0) * costs[part]["backward"])
     return seconds / _unguided_seconds(costs, REFERENCE_STEPS)
 
 
@@ -71,8 +74,8 @@ def unguided_multiple(steps: int, costs: dict | None = None) -> float:
 
 
 class _StandInLoss:
-    def __init__(self, reads_noisy_input: bool = False):
-        self.reads_noisy_input = reads_noisy_input
+    def __init__(self, reads_noisy_input: bool = False, knows_pixels: bool = False):
+        self.reads_noisy_input, self.knows_pixels = reads_noisy_input, knows_pixels
 
     def check(self, batch: int, height: int, width: int) -> None:
         pass
@@ -81,11 +84,14 @@ class _StandInLoss:
         return lambda image, *noise_level: image.square().flatten(1).mean(1)
 
 
+LOSS_KINDS = ("reads_noisy_input", "knows_pixels")  # what the count needs to know of a term's loss
+
+
 def term_settings(term: GuidanceTerm) -> dict:
     """A term's settings as counted_passes takes them: everything but its name, loss and models, and whether its
-    loss reads the noisy latent."""
+    loss reads the noisy latent or knows pixels."""
     settings = {f.name: getattr(term, f.name) for f in dataclasses.fields(term) if f.name not in ("name", "loss", "models")}
-    return {**settings, "reads_noisy_input": term.reads_noisy_input}
+    return {**settings, **{kind: bool(getattr(term.loss, kind, False)) for kind in LOSS_KINDS}}
 
 
 def counted_passes(steps: int, terms: Sequence[dict], settings: Settings = Settings(),
@@ -95,8 +101,8 @@ def counted_passes(steps: int, terms: Sequence[dict], settings: Settings = Setti
     `sigmas` and `noise_scaling` are the run's own where known: a flow model's first step holds no x0, and some
     methods skip it."""
     counts, size = PassCounts(), 4
-    guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(term.get("reads_noisy_input", False)),
-                                  **{k: v for k, v in term.items() if k != "reads_noisy_input"})
+    guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(**{k: term.get(k, False) for k in LOSS_KINDS}),
+                                  **{k: v for k, v in term.items() if k not in LOSS_KINDS})
                      for i, term in enumerate(terms))
     if sigmas is None:
         sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])
@@ -106,9 +112,14 @@ def counted_passes(steps: int, terms: Sequence[dict], settings: Settings = Setti
     model, guidance, decode, branches = counts.wrapped(denoiser, guidance, lambda x0: x0.repeat(1, 3, 8, 8),
                                                        full_area=size * size, unconditional=branches)
     x = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(0))  # the global RNG left alone
+    keep = torch.zeros_like(x)
+    keep[..., : size // 2] = 1
+    held = (HeldLatent(torch.zeros_like(x), keep, torch.zeros_like(x),
+                       counts.counted("polish_decoder", lambda x0: x0.repeat(1, 3, 8, 8), full_area=size * size))
+            if settings.known_pixels == "replace" and any(t.get("knows_pixels") for t in terms) else None)
     with counts.counting_optimizer_steps():
         sample_universal_guidance(model, x, sigmas, guidance=guidance, decode=decode, noise_scaling=noise_scaling,
-                                  settings=settings, unconditional=branches, disable=True)
+                                  settings=settings, unconditional=branches, held=held, disable=True)
     return counts
 
 

@@ -7,7 +7,8 @@ whose output no loss depends on, counts no backward.
 
 The parts: `denoiser`, the sampler's calls of the model (one per sample and pass, whatever the host batches
 inside it); `unet`, the network inside it, with the host's classifier-free guidance batch (cond and uncond);
-`decoder`, the guidance decoder; `guidance_network`, every guidance loss. Whoever calls the engine counts, by
+`decoder`, the guidance decoder; `guidance_network`, every guidance loss; `polish_decoder`, the decoder of the
+result that polishes known pixels (samplers/known_pixels.py). Whoever calls the engine counts, by
 wrapping what it hands the engine (`counted`, `counted_loss`, `counted_branches`); the engine itself counts
 nothing. Beside the passes, `backward_guidance_steps` counts the optimiser steps of backward (and mean) guidance,
 in images too, through torch's optimiser hooks (`counting_optimizer_steps`).
@@ -22,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-PARTS = ("denoiser", "unet", "decoder", "guidance_network")
+PARTS = ("denoiser", "unet", "decoder", "guidance_network", "polish_decoder")
 _RECORDERS: contextvars.ContextVar[tuple["PassCounts", ...]] = contextvars.ContextVar("recorders", default=())
 
 

@@ -18,6 +18,7 @@ from .precision import AUTOCAST_DTYPES
 BASE_STEPS = ("ddim", "ddpm")
 TFG_SCHEDULES = ("increase", "decrease", "constant")
 SMOOTHING_SCHEDULES = ("decrease", "constant")
+KNOWN_PIXELS = ("guidance", "replace")
 
 
 def _lever(default: Any, tooltip: str, *, choices: tuple | None = None, noun: str | None = None,
@@ -82,6 +83,10 @@ class Settings:
     backward_recurrence: int = _lever(0, "k on the steps where a guidance takes backward steps, in place of "
                                          "recurrence (0 = recurrence on guided steps, one pass after them).",
                                       minimum=0, widget_max=100)
+    known_pixels: str = _lever("guidance", "guidance: known pixels (Image Reconstruction Guidance with a mask) are "
+                                           "matched by guidance alone, as in the paper; replace: their encoding "
+                                           "replaces the known latent at every step, as ComfyUI's inpainting does.",
+                               choices=KNOWN_PIXELS)
     gradient: str = _lever("through_unet", "through_unet is the paper's gradient; x0_only skips the UNet's "
                                            "backward pass, and unconditional runs it on the negative branch only.",
                            choices=GRADIENT_PATHS, noun="gradient path")

@@ -28,6 +28,9 @@ class GuidanceLoss(Protocol):
     A loss with `reads_noisy_input = True` (a noise-aware classifier's) reads the sampler's noisy latent instead:
     its bound loss is `loss(z, noise_level)`, z = x/√(a² + b²) the DDPM latent and noise_level σ = b/a, its
     gradient is taken on x without the denoiser or decoder, and `check_noisy_input(latent shape)` replaces `check`.
+
+    A loss with `knows_pixels = True` (reconstruction with a mask) gives `known_pixels(batch, height, width) ->
+    (image, known)`, which the settings' known_pixels "replace" holds at its encoding (samplers/known_pixels.py).
     """
 
     def bind(self, device: torch.device) -> BoundLoss: ...

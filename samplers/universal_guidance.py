@@ -20,6 +20,7 @@ from . import methods
 from .base_step import renoise
 from .decoding import Decode, at_reduced_resolution
 from .guide import Guide
+from .known_pixels import HeldLatent, polish, while_held
 from .parameterization import NoiseScaling, alpha_bar, noise_coefficients
 from .precision import GuidancePrecision
 from .progress import PassLosses, PassReport, term_labels
@@ -50,6 +51,7 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
                               decode: Decode, noise_scaling: NoiseScaling, settings: Settings = Settings(),
                               seed: int | None = None, check_interrupt: Callable[[], None] = lambda: None,
                               update_mask: torch.Tensor | None = None, unconditional: Callable | None = None,
+                              held: HeldLatent | None = None,
                               on_pass: Callable[[PassReport], None] | None = None) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
@@ -67,19 +69,25 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
             the denoiser already applies to its own output and to guidance through it).
         unconditional: for the "unconditional" gradient, `(x, σ) -> (x0 with CFG, the unconditional x0)`, from the
             host, which alone can run the branches apart.
+        held: with known_pixels "replace", the known pixels' latent to hold (samplers/known_pixels.py), from the
+            host, which alone can encode.
         on_pass: called after every denoiser pass with its `progress.PassReport`; the step bar counts passes and
             shows the terms' losses too.
     """
     extra_args = {} if extra_args is None else extra_args
     randn = _noise_source(x, int(extra_args.get("seed") or 0) if seed is None else int(seed))
-    losses = PassLosses()
+    losses, polishing = PassLosses(), []
     with torch.inference_mode(False):
         guidance = [replace(term, weight=term.weight * settings.weight_scale) for term in guidance]
         bound = [(term, losses.watched(label, term.loss.bind(x.device)))
                  for term, label in zip(guidance, term_labels(guidance))]
+        update_mask = None if update_mask is None else update_mask.clone()
+        if held is not None:
+            model, (bound, polishing) = held.denoiser(model, noise_scaling), while_held(bound)
+            unconditional = unconditional and held.denoiser(unconditional, noise_scaling)
         guide = Guide(lambda x_in, sigma: model(x_in, sigma, **extra_args),
                       at_reduced_resolution(decode, settings.decode_resolution), settings.gradient, unconditional,
-                      None if update_mask is None else update_mask.clone(), check_interrupt,
+                      held.update_mask(update_mask) if held is not None else update_mask, check_interrupt,
                       GuidancePrecision(settings.autocast, x.device.type))
     steps = len(sigmas) - 1
     coefficients = [noise_coefficients(noise_scaling, s) for s in sigmas]
@@ -107,6 +115,8 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
             x = x_next
             if callback is not None:
                 callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
+    if polishing and float(sigmas[-1]) == 0:  # the finished latent is x0 itself
+        x = polish(replace(guide, decode=held.decode, update_mask=update_mask), x, polishing)
     return x
 
 

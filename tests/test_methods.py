@@ -188,3 +188,34 @@ def test_an_unknown_method_a_bad_smoothing_or_schedule_is_refused():
         Settings(smoothing=-1.0)
     with pytest.raises(ValueError, match="rho_schedule must be one of"):
         Settings(rho_schedule="up")
+
+
+@pytest.mark.parametrize("method", ["dps", "tfg", "mpgd"])
+@pytest.mark.parametrize("noise_scaling, sigmas", LEVELS)
+def test_an_auto_term_steps_along_the_raw_direction_by_a_fraction_of_the_noise(method, noise_scaling, sigmas):
+    """On the auto schedule every method's step is sized to RMS(ε̂): the loss's scale drops out, and the step keeps
+    the raw step's direction (DPS's and TFG's on x', MPGD's on x0, which moves x' by a')."""
+    x, w = start(noise_scaling, sigmas), 0.3
+    p = Papers(noise_scaling, sigmas, x)
+    (a, b), (a1, _) = (noise_coefficients(noise_scaling, s) for s in sigmas[:2])
+    eps_rms = rms((x - a * p.x0.detach()) / b)
+    size = {"dps": p.r * p.r1, "tfg": SCHEDULE_FACTORS["increase"](p.alphas) / math.sqrt(p.alphas[0]) * p.r * p.r1,
+            "mpgd": a1 * b * b / (a * p.r)}[method]
+    steps = {}
+    for scale in (1.0, 1e4):
+        class Scaled(Loss):
+            def bind(self, device, scale=scale):
+                return lambda image: scale * loss(image)
+
+        term = GuidanceTerm(name="test", loss=Scaled(), weight=w, schedule="auto")
+        seen = []
+        sample_universal_guidance(GaussianDenoiser(noise_scaling), x.clone(), torch.tensor(sigmas), guidance=[term],
+                                  decode=decode, noise_scaling=noise_scaling, settings=Settings(method=method),
+                                  disable=True, callback=lambda info: seen.append(info["x"].clone()))
+        steps[scale] = seen[0] - p.r1 * p.ddim()
+    torch.testing.assert_close(steps[1e4], steps[1.0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(rms(steps[1.0]), w * size * eps_rms, rtol=1e-4, atol=0)
+    raw = dict(weight=w) if method != "mpgd" else dict(backward_steps=1, backward_lr=0.1)
+    raw_step = first_step(method, noise_scaling, sigmas, x, **raw) - p.r1 * p.ddim()
+    cosine = torch.nn.functional.cosine_similarity(raw_step.flatten(1), steps[1.0].flatten(1))
+    torch.testing.assert_close(cosine, torch.ones(2), rtol=0, atol=1e-4)

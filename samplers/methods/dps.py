@@ -5,7 +5,8 @@
 (its official code: the norm, not the squared norm). With the pack's losses, ‖y − A(x̂0)‖ is √ℓ. No recurrence
 and no mean guidance in the paper (recurrence 1 and the ddpm base step), so backward steps are unused. In
 x = √(a²+b²)·z the step is `ζ·√(a'²+b'²)·√(a²+b²)·∇ₓ√ℓ`, and none at a flow model's pure-noise level (a = 0),
-where x holds no x0 and the x0_only gradient ∇_{x0}/a has no value.
+where x holds no x0 and the x0_only gradient ∇_{x0}/a has no value. A term on the auto schedule takes ∇ₓ√ℓ
+rescaled to RMS(ε̂) per sample, so that ζ is a fraction of the noise whatever the loss's scale.
 """
 from __future__ import annotations
 
@@ -24,6 +25,6 @@ def guided_pass(p):
     if not p.forward:
         return p.plain()
     size = p.radius * p.radius_next if p.a > 0 else 0.0
-    terms = [ForwardTerm(t, _root(fn), t.weight * size) for t, fn in p.active]
+    terms = [ForwardTerm(t, _root(fn), t.weight * size, rescaled=t.schedule == "auto") for t, fn in p.active]
     x0, step = forward_guidance(p.guide, p.x, p.sigma, terms, p.a, p.b)
     return p.base_step(x0) - step, x0

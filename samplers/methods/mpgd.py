@@ -4,11 +4,17 @@
     z_{t−1} = √ᾱ_{t−1}·x0' + √(1 − ᾱ_{t−1} − σ_t²)·ε̂ + σ_t·n    (ε̂ the denoiser's own, not recomputed)
 
 so `x' = base_step(x, x̂0) + a'·(x0' − x̂0)`. μ is the terms' backward_lr and N_iter their backward_steps; the
-weight (variance guidance) is unused. The manifold projection through the autoencoder is not included.
+weight is unused. A term on the auto schedule reads its weight w as μ in units of the noise instead: one step
+x0' = x̂0 − w·√(1 − ᾱ_t)·(b/a)·RMS(ε̂)·∇_{x̂0}ℓ/RMS(∇_{x̂0}ℓ), the size of the auto schedule's step on x0, so
+that one w serves every loss. The manifold projection through the autoencoder is not included.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..backward_guidance import mean_guidance
+from ..forward_guidance import ForwardTerm, forward_guidance
+from ..parameterization import forward_guidance_scale
 
 
 def prepare(settings, alpha_steps):
@@ -16,7 +22,10 @@ def prepare(settings, alpha_steps):
 
 
 def guided_pass(p):
-    x0 = p.denoised()
+    auto = [ForwardTerm(t, fn, forward_guidance_scale("auto", t.weight, p.a, p.b), rescaled=True)
+            for t, fn in p.active if t.schedule == "auto"]
+    x0, step = forward_guidance(dataclasses.replace(p.guide, gradient="x0_only"), p.x, p.sigma, auto, p.a, p.b)
     over_sqrt_alpha_bar = p.radius / p.a if p.a > 0 else 0.0
-    delta = mean_guidance(p.guide, x0, p.active, lambda term: term.backward_lr * over_sqrt_alpha_bar)
-    return p.base_step(x0) + p.a_next * delta, x0
+    raw = [(t, fn) for t, fn in p.active if t.schedule != "auto"]
+    delta = mean_guidance(p.guide, x0, raw, lambda term: term.backward_lr * over_sqrt_alpha_bar)
+    return p.base_step(x0) + p.a_next * (delta - step), x0

@@ -10,7 +10,8 @@ with α_t = ᾱ_t/ᾱ_{t−1} and TFG's schedules over the run's T steps: ρ_t =
 ("decrease", TFG's default) or γ̄ ("constant"). In x = √(a²+b²)·z:
 `x' = base_step(x, x̂0) − ρ_t/√α_t·√(a'²+b'²)·√(a²+b²)·∇ₓℓ_γ + a'·Δ0`. ρ is the terms' weight, μ their
 backward_lr, N_iter their backward_steps; γ̄ and the schedules are the settings' smoothing, rho_schedule,
-mu_schedule and smoothing_schedule.
+mu_schedule and smoothing_schedule. A term on the auto schedule takes its variance step's gradient rescaled to
+RMS(ε̂) per sample, so that ρ is a fraction of the noise whatever the loss's scale.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def guided_pass(p, smoothing: float, decreasing: bool, rho: Sequence[float], mu:
         guide = guide.with_loss_noise(smoothing * spread * p.randn())
     # ρ_t/√α_t per unit ρ; at α_t = 0 (a flow model's pure-noise start) the step is undefined and not taken
     size = rho[p.step] / math.sqrt(p.alpha_step) * p.radius * p.radius_next if p.alpha_step > 0 else 0.0
-    variance = [ForwardTerm(t, fn, t.weight * size) for t, fn in p.active] if p.forward else []
+    variance = ([ForwardTerm(t, fn, t.weight * size, rescaled=t.schedule == "auto") for t, fn in p.active]
+                if p.forward else [])
     x0, step = forward_guidance(guide, p.x, p.sigma, variance, p.a, p.b)
     delta = mean_guidance(guide, x0, p.active, lambda term: term.backward_lr * mu[p.step])
     return p.base_step(x0) + (p.a_next * delta - step), x0
