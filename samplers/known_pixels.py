@@ -69,12 +69,15 @@ class HeldLatent:
         return 1 - self.keep if mask is None else mask * (1 - self.keep)
 
 
-def while_held(bound: Sequence[tuple[GuidanceTerm, BoundLoss]]) -> tuple[list, list]:
+def while_held(bound: Sequence[tuple[GuidanceTerm, BoundLoss]], polish_steps: int = 0) -> tuple[list, list]:
     """(the (term, loss) pairs to sample with: the pixel-knowing terms without their backward steps, and left out
-    where that leaves them no forward weight; those terms, which polish the finished latent)."""
+    where that leaves them no forward weight; those terms, which polish the finished latent, with `polish_steps`
+    backward steps each where it is not 0)."""
     sampling = [(term, fn) if not knows_pixels(term) else (dataclasses.replace(term, backward_steps=0), fn)
                 for term, fn in bound if not knows_pixels(term) or term.weight > 0]
-    return sampling, [(term, fn) for term, fn in bound if knows_pixels(term) and term.backward_steps > 0]
+    polishing = [(dataclasses.replace(term, backward_steps=polish_steps or term.backward_steps), fn)
+                 for term, fn in bound if knows_pixels(term)]
+    return sampling, [(term, fn) for term, fn in polishing if term.backward_steps > 0]
 
 
 def polish(guide: Guide, x0: torch.Tensor, polishing: Sequence[tuple[GuidanceTerm, BoundLoss]]) -> torch.Tensor:

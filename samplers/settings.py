@@ -87,6 +87,8 @@ class Settings:
                                            "matched by guidance alone, as in the paper; replace: their encoding "
                                            "replaces the known latent at every step, as ComfyUI's inpainting does.",
                                choices=KNOWN_PIXELS)
+    polish_steps: int = _lever(0, "With known_pixels replace, the backward steps that polish the finished latent "
+                                  "(0 = each guidance's own backward_steps).", minimum=0, widget_max=1000)
     gradient: str = _lever("through_unet", "through_unet is the paper's gradient; x0_only skips the UNet's "
                                            "backward pass, and unconditional runs it on the negative branch only.",
                            choices=GRADIENT_PATHS, noun="gradient path")

@@ -83,7 +83,7 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
                  for term, label in zip(guidance, term_labels(guidance))]
         update_mask = None if update_mask is None else update_mask.clone()
         if held is not None:
-            model, (bound, polishing) = held.denoiser(model, noise_scaling), while_held(bound)
+            model, (bound, polishing) = held.denoiser(model, noise_scaling), while_held(bound, settings.polish_steps)
             unconditional = unconditional and held.denoiser(unconditional, noise_scaling)
         guide = Guide(lambda x_in, sigma: model(x_in, sigma, **extra_args),
                       at_reduced_resolution(decode, settings.decode_resolution), settings.gradient, unconditional,

@@ -114,3 +114,14 @@ def test_replace_through_comfyui_keeps_the_known_pixels_closer_than_guidance_alo
     with torch.inference_mode():
         picture = vae.decode(out["samples"]).movedim(-1, 1).clone()
     assert np.isclose(float(evaluation.masked_psnr(picture, image.movedim(-1, 1), known)), scores["replace"], atol=0.5)
+
+
+def test_polish_steps_replace_the_terms_own_backward_steps_in_the_polish():
+    term, latent, known = inpainting(backward_steps=2)
+    counts = PassCounts()
+    model, guidance, counted_decode, _ = counts.wrapped(GaussianDenoiser(eps_noise_scaling), (term,), decode, full_area=16)
+    hold = held(latent, known, counts.counted("polish_decoder", decode, full_area=16))
+    sample_universal_guidance(model, torch.randn(2, 2, 4, 4) * 14.6, sigmas_eps(STEPS), guidance=guidance,
+                              decode=counted_decode, noise_scaling=eps_noise_scaling,
+                              settings=Settings(known_pixels="replace", polish_steps=7), held=hold, disable=True)
+    assert counts.forward["polish_decoder"] == 2 * 7
