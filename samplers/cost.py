@@ -85,6 +85,7 @@ class _StandInLoss:
 
 
 LOSS_KINDS = ("reads_noisy_input", "knows_pixels")  # what the count needs to know of a term's loss
+_STAND_IN_STRENGTH = 1e-3
 
 
 def term_settings(term: GuidanceTerm) -> dict:
@@ -101,8 +102,11 @@ def counted_passes(steps: int, terms: Sequence[dict], settings: Settings = Setti
     `sigmas` and `noise_scaling` are the run's own where known: a flow model's first step holds no x0, and some
     methods skip it."""
     counts, size = PassCounts(), 4
+    # only whether a strength is 0 decides the passes; a small one keeps the stand-in's numbers finite
+    small = dict(weight=_STAND_IN_STRENGTH, backward_lr=_STAND_IN_STRENGTH)
     guidance = tuple(GuidanceTerm(name=f"stand-in {i}", loss=_StandInLoss(**{k: term.get(k, False) for k in LOSS_KINDS}),
-                                  **{k: v for k, v in term.items() if k not in LOSS_KINDS})
+                                  **{k: (small[k] if k in small and v else v) for k, v in term.items()
+                                     if k not in LOSS_KINDS})
                      for i, term in enumerate(terms))
     if sigmas is None:
         sigmas = torch.cat([torch.linspace(14.6, 0.03, steps), torch.zeros(1)])
