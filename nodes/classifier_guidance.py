@@ -41,7 +41,7 @@ class ClassifierGuidance:
         return {"required": {
             "classifier": (CLASSIFIER_MODEL, {"tooltip": "From Classifier Model Loader."}),
             "target_class": ("STRING", {"default": "golden retriever", "tooltip": "A class name or index of the classifier: ImageNet's ('golden retriever'), or the toy world's ('red circle')."}),
-            **settings_inputs(weight=100.0),
+            **settings_inputs(),
         }}
 
     def guide(self, classifier, target_class, **settings):

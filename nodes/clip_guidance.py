@@ -92,7 +92,7 @@ class CLIPTextGuidance:
         return {"required": {
             "clip_model": (CLIP_GUIDANCE_MODEL, {"tooltip": "From CLIP Guidance Model Loader."}),
             "text": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompt the images should match."}),
-            **settings_inputs(weight=10.0),
+            **settings_inputs(),
         }}
 
     def guide(self, clip_model, text, **settings):
@@ -125,7 +125,7 @@ class CLIPImageGuidance:
         return {"required": {
             "clip_model": (CLIP_GUIDANCE_MODEL, {"tooltip": "From CLIP Guidance Model Loader."}),
             "image": ("IMAGE", {"tooltip": "The style or content reference; 1 for all samples, or one per sample."}),
-            **settings_inputs(weight=6.0),
+            **settings_inputs(),
         }}
 
     def guide(self, clip_model, image, **settings):
@@ -146,7 +146,7 @@ class CLIPGramStyleGuidance:
         return {"required": {
             "clip_model": (CLIP_GUIDANCE_MODEL, {"tooltip": "From CLIP Guidance Model Loader (ResNet or ViT)."}),
             "style_image": ("IMAGE", {"tooltip": "The style reference; 1 for all samples, or one per sample."}),
-            **settings_inputs(weight=6.0),
+            **settings_inputs(),
         }}
 
     def guide(self, clip_model, style_image, **settings):

@@ -5,10 +5,10 @@ them from the node search. They run through the same settings, presets and engin
 """
 from __future__ import annotations
 
-from ..samplers.presets import PRESETS
+from ..samplers.presets import CUSTOM, PRESETS
 from ..samplers.settings import Settings, widget
 from .guided_sampling import universal_guidance_sampler
-from .sampler_nodes import (BASE, GUIDANCE_INPUT, GUIDANCE_VAE, PRESET, UniversalGuidedKSampler, guided_ksample,
+from .sampler_nodes import (BASE, GUIDANCE_INPUT, GUIDANCE_VAE, UniversalGuidedKSampler, guided_ksample, preset_input,
                             run_settings)
 
 # 0.1's optional levers, in their saved order (preset sat among them).
@@ -18,7 +18,7 @@ _LEVERS = ("guidance_every", "gradient", "decode_resolution", "checkpointing", "
 
 
 def _levers() -> dict:
-    return {name: PRESET if name == "preset" else widget(name) for name in _LEVERS}
+    return {name: preset_input(CUSTOM) if name == "preset" else widget(name) for name in _LEVERS}
 
 
 def _settings(preset, sampler, steps, recurrence, levers) -> tuple[Settings, int | None]:

@@ -39,7 +39,7 @@ class FaceIdentityGuidance:
         return {"required": {
             "face_model": (FACE_MODEL, {"tooltip": "From Face Model Loader."}),
             "reference": ("IMAGE", {"tooltip": "A photo of the face; 1 for all samples, or one per sample."}),
-            **settings_inputs(weight=20000.0),
+            **settings_inputs(),
         }}
 
     def guide(self, face_model, reference, **settings):

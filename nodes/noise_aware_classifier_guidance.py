@@ -77,7 +77,7 @@ class NoiseAwareClassifierGuidance:
 
     @classmethod
     def INPUT_TYPES(cls):
-        settings = settings_inputs(weight=1.0)
+        settings = settings_inputs(weight=1.0, schedule="paper")  # guided-diffusion's classifier scale
         return {"required": {
             "classifier": (NOISE_AWARE_CLASSIFIER, {"tooltip": "From Noise-Aware Classifier Loader."}),
             "target_class": ("STRING", {"default": "golden retriever",

@@ -43,7 +43,7 @@ class ObjectLocationGuidance:
                                     "tooltip": "pixels of the sampled image, or fractions of its width and height. auto: fractions if every number is at most 1."}),
             "proposal_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
                                       "tooltip": "Seeds the detector's random proposal sampling, so that runs reproduce."}),
-            **settings_inputs(weight=100.0),
+            **settings_inputs(),
         }}
 
     def guide(self, detector, boxes, units, proposal_seed, **settings):

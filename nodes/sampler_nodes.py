@@ -10,7 +10,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..samplers.presets import CUSTOM, PRESET_NAMES, PRESETS, resolve
+from ..samplers.presets import CUSTOM, DEFAULT, PRESET_NAMES, PRESETS, resolve
 from ..samplers.progress import LossHistory
 from ..samplers.settings import Settings, widget
 from .guidance_options import OPTIONS
@@ -22,10 +22,15 @@ from .loss_plot import loss_plot
 log = logging.getLogger(__name__)
 
 BASE = widget("base")
-PRESET = (list(PRESET_NAMES), {"default": CUSTOM, "tooltip": (
-    "custom runs the options input as it is (without one, the paper's method with k = 1); "
-    + "; ".join(f"{name}: {preset.describe()}" for name, preset in PRESETS.items())
-    + ". A named preset replaces the options' values for the levers it sets, and the log names each one it replaced.")})
+def preset_input(default: str) -> tuple:
+    """The preset combo: each preset's values in its tooltip, so that the graph shows what runs."""
+    return (list(PRESET_NAMES), {"default": default, "tooltip": (
+        "; ".join(f"{name}: {preset.describe()}" for name, preset in PRESETS.items())
+        + "; custom runs the options input as it is (without one, the paper's method with k = 1). A named preset "
+          "replaces the options' values for the levers it sets, and the log names each one it replaced.")})
+
+
+PRESET = preset_input(DEFAULT)
 GUIDANCE_INPUT = (GUIDANCE, {"tooltip": "What to steer towards: a guidance node's output, or Combine Guidance's."})
 GUIDANCE_VAE = ("VAE", {"tooltip": "A second VAE that only decodes for the guidance loss, such as TAESD: faster, less "
                                    "exact."})

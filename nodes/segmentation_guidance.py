@@ -46,7 +46,7 @@ class SegmentationGuidance:
                 "segmentation_model": (SEGMENTATION_MODEL, {"tooltip": "From Segmentation Model Loader."}),
                 "class_name": (CLASS_NAMES, {"default": "dog", "tooltip": "The class painted by the mask (unused with a target map); one of the segmenter's classes."}),
                 "outside_mask": (["background", "ignore"], {"tooltip": "Outside the mask: ask for background, or leave it free."}),
-                **settings_inputs(weight=400.0),
+                **settings_inputs(),
             },
             "optional": {
                 "target_map": ("IMAGE", {"tooltip": "A segmentation map in PASCAL VOC palette colours; (224, 224, 192) means 'no loss'."}),

@@ -1,18 +1,16 @@
-"""Named settings, chosen on the toy world's tuning half (bench/toy-world-frontier), and how a preset meets the
+"""Named settings, chosen on the toy world's tuning half by one bounded search per cost budget, the same for every
+method (bench/toy_world_presets.py; every candidate's run in bench/frontier/presets/), and how a preset meets the
 options a user set.
 
-paper is the paper's method. balanced and fast guide only the first steps (40% and 50%), with self-recurrence
-(k = 6 and 4) and the gradient taken at x0 (no backward pass through the UNet), at 0.4 and 0.3 of the guidance's
-forward weight: that gradient overshoots at high noise, where the UNet's own Jacobian would shrink it. Backward
-guidance goes on alone to the last step: matching known pixels or boxes needs the late steps, and their
-recurrence most of all. The steps with backward guidance take k = 2 (balanced) and 1 (fast), since each of
-their passes costs m more decoder passes. fast also takes 10 steps and expects a cheap guidance decoder (TAESD).
-bench/frontier/tuning.md has the runs that chose them; README, "Quality against cost", their measured scores and
-costs.
+fast (at most 1.5× an unguided 20-step run), balanced (at most ⅕ of paper mode's cost) and quality (at most paper
+mode's) each won their budget on the worst case over every task and both toy models, with the guidance nodes at
+their defaults (the auto schedule, w = 0.7): the method, recurrence, window, gradient path and strength together.
+All three take the gradient at x0 and hold known pixels at their encoding, polishing the result through the VAE
+(samplers/known_pixels.py). paper is the paper's method. README, "Presets", has their report-half scores and costs.
 
-A preset is a partial `Settings`: it sets the step and quality levers below, and leaves the method, TFG's
-strengths and schedules, checkpointing and autocast to the options. Where the options set one of a preset's
-levers to another value, the preset's wins, and `resolve` says so.
+A preset is a partial `Settings`: it sets PRESET_LEVERS, and leaves TFG's strengths and schedules, checkpointing
+and autocast to the options. Where the options set one of a preset's levers to another value, the preset's wins,
+and `resolve` says so.
 """
 from __future__ import annotations
 
@@ -22,8 +20,8 @@ from typing import Any, Mapping
 from .settings import Settings
 
 # What every preset sets, so that switching presets changes the same levers.
-PRESET_LEVERS = ("recurrence", "guidance_every", "guidance_end", "backward_end", "backward_recurrence", "gradient",
-                 "weight_scale", "decode_resolution")
+PRESET_LEVERS = ("method", "recurrence", "guidance_every", "guidance_end", "backward_end", "backward_recurrence",
+                 "gradient", "weight_scale", "decode_resolution", "known_pixels", "polish_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +47,7 @@ class Preset:
             window += (" and backward guidance alone after it, "
                        + (f"k = {s.backward_recurrence}, " if s.backward_recurrence else "one pass per step, ")
                        + ("to the last step" if s.backward_end == 1 else f"to {s.backward_end:.0%} of the steps"))
-        parts = [f"{self.steps} steps" if self.steps else "the sampler's steps",
+        parts = [f"the {s.method} method", f"{self.steps} steps" if self.steps else "the sampler's steps",
                  f"k = {s.recurrence}" + (f" ({s.backward_recurrence} where a guidance takes backward steps)"
                                           if s.backward_recurrence else ""),
                  window,
@@ -58,6 +56,9 @@ class Preset:
                  f"{s.decode_resolution}-resolution decode"]
         if s.guidance_every > 1:
             parts.append(f"every {s.guidance_every} steps")
+        if s.known_pixels == "replace":
+            parts.append("known pixels replaced and polished"
+                         + (f" in {s.polish_steps} steps" if s.polish_steps else ""))
         if self.cheap_decoder:
             parts.append("a TAESD guidance_vae")
         return ", ".join(parts)
@@ -70,14 +71,17 @@ def _preset(steps: int | None = None, cheap_decoder: bool = False, **levers) -> 
 
 
 PRESETS = {
+    "balanced": _preset(method="ugd", recurrence=3, guidance_end=0.5, gradient="x0_only", known_pixels="replace",
+                        polish_steps=40),
+    "fast": _preset(method="freedom", recurrence=4, guidance_end=0.4, gradient="x0_only", weight_scale=0.5,
+                    known_pixels="replace", steps=10, cheap_decoder=True),
+    "quality": _preset(method="ugd", recurrence=8, gradient="x0_only", weight_scale=2.0, known_pixels="replace",
+                       polish_steps=40),
     "paper": _preset(recurrence=10),
-    "balanced": _preset(recurrence=6, backward_recurrence=2, gradient="x0_only", guidance_end=0.4, weight_scale=0.4,
-                        backward_end=1.0),
-    "fast": _preset(recurrence=4, backward_recurrence=1, gradient="x0_only", guidance_end=0.5, weight_scale=0.3,
-                    backward_end=1.0, steps=10, cheap_decoder=True),
 }
 CUSTOM = "custom"
-PRESET_NAMES = (CUSTOM, *PRESETS)
+DEFAULT = "balanced"  # what a new sampler node starts with
+PRESET_NAMES = (*PRESETS, CUSTOM)
 
 
 def resolve(preset: str, options: Settings | None, steps: int | None) -> tuple[Settings, int | None, list[str]]:

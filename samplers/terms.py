@@ -12,6 +12,9 @@ from typing import Any, Callable, Protocol
 import torch
 
 SCHEDULES = ("paper", "constant", "auto")
+# A new guidance node's strength: the auto schedule's w, a fraction of the predicted noise, one value for every loss
+# and model (chosen on the toy world's tuning half: bench/frontier/tuning.md).
+AUTO_WEIGHT = 0.7
 OPTIMIZERS = ("adam", "sgd")
 
 BoundLoss = Callable[[torch.Tensor], torch.Tensor]

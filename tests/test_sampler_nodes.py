@@ -134,3 +134,17 @@ def test_a_users_comfyui_lists_no_developer_nodes(comfy):
     names, categories = result.stdout.strip().splitlines()[-2:]
     assert "StandIn" not in names and "universal_guidance/testing" not in categories
     assert "UGDToyWorldLoader" in names and "universal_guidance/toy_world" in categories  # the main job's nodes
+
+
+def test_new_nodes_start_on_the_balanced_preset_and_the_auto_strength(comfy):
+    nodes = pack_nodes(comfy)
+    for sampler in ("UGDGuidedKSampler", "UGDGuidedSampler"):
+        assert nodes[sampler].INPUT_TYPES()["required"]["preset"][1]["default"] == "balanced"
+    assert nodes["UniversalGuidedKSampler"].INPUT_TYPES()["optional"]["preset"][1]["default"] == "custom"  # 0.1's
+    auto_weight = comfy.pack_module("samplers.terms").AUTO_WEIGHT
+    for node in ("UGDSegmentationGuidance", "UGDClassifierGuidance", "UGDObjectLocationGuidance", "UGDCLIPTextGuidance",
+                 "UGDCLIPImageGuidance", "UGDCLIPGramStyleGuidance", "UGDFaceIdentityGuidance"):
+        required = nodes[node].INPUT_TYPES()["required"]
+        assert (required["schedule"][1]["default"], required["weight"][1]["default"]) == ("auto", auto_weight), node
+    reconstruction = nodes["UGDImageReconstructionGuidance"].INPUT_TYPES()["required"]
+    assert (reconstruction["weight"][1]["default"], reconstruction["backward_steps"][1]["default"]) == (0.0, 5)

@@ -17,6 +17,7 @@ from build_workflows import build_all, dumps  # noqa: E402
 from run_workflow import FILE_INPUTS, IMAGE_LOADERS  # noqa: E402
 from workflow_format import check_ui, combo_choices, ui_to_api, widget_inputs  # noqa: E402
 from samplers.presets import PRESETS  # noqa: E402
+from samplers.terms import AUTO_WEIGHT  # noqa: E402
 
 UI_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
 
@@ -41,8 +42,8 @@ PAPER_SETTINGS = {
     "sd15_unconditional_segmentation_inpainting.json": {
         "UGDImageReconstructionGuidance": {"weight": 0}, "UGDSegmentationGuidance": {"weight": 200},
         "UGDGuidedKSampler": {"cfg": 1}},
-    "sd15_segmentation_guidance_fast.json": {"UGDSegmentationGuidance": {"weight": 400},
-                                             "UGDGuidedKSampler": {"preset": "fast", "steps": 10, "recurrence": 4}},
+    "sd15_segmentation_guidance_fast.json": {"UGDSegmentationGuidance": {"weight": AUTO_WEIGHT, "schedule": "auto"},
+                                             "UGDGuidedKSampler": {"preset": "fast", "steps": PRESETS["fast"].steps}},
     "adm_clip_guidance.json": {"UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
                                "UGDCLIPTextGuidance": {"weight": 2, "schedule": "paper", "backward_steps": 0},
                                "UGDGuidedKSampler": {"recurrence": 10, "cfg": 1, "steps": 1000}},
@@ -220,6 +221,7 @@ def test_widget_values_line_up_with_the_sampler_inputs(object_info):
         "recurrence": 2, "method": "ugd", "smoothing": 0.0, "rho_schedule": "increase", "mu_schedule": "increase",
         "smoothing_schedule": "decrease", "guidance_every": 1, "guidance_end": 1.0, "backward_end": 0.0,
         "backward_recurrence": 0, "gradient": "through_unet", "weight_scale": 1.0, "decode_resolution": "full",
+        "known_pixels": "guidance", "polish_steps": 0,
         "checkpointing": False, "autocast": "off"}
 
 

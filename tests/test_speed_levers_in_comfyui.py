@@ -97,9 +97,10 @@ def test_a_preset_sets_its_levers_over_the_options_and_says_which_values_it_repl
     fast = presets.PRESETS["fast"]
     assert steps == fast.steps
     assert {k: getattr(settings, k) for k in fast.levers} == fast.levers
-    assert set(fast.levers) == {"recurrence", "guidance_every", "gradient", "guidance_end", "weight_scale",
-                                  "decode_resolution", "backward_end", "backward_recurrence"}
-    assert settings.checkpointing is True and settings.method == options.method  # memory and the method stay
+    assert set(fast.levers) == {"method", "recurrence", "guidance_every", "gradient", "guidance_end", "weight_scale",
+                                  "decode_resolution", "backward_end", "backward_recurrence", "known_pixels",
+                                  "polish_steps"}
+    assert settings.checkpointing is True and settings.smoothing == options.smoothing  # memory and TFG's stay
     # every graph value the preset replaced is named, with the way to keep it; the levers it leaves are not
     replaced = notes[0].split("options input's")[1]
     assert "guidance_every 3" in replaced and "recurrence 2" in replaced and "gradient through_unet" in replaced
@@ -129,8 +130,10 @@ def test_the_fast_preset_runs_its_steps_and_window_and_the_weight_scale_acts(com
     late_k = levers.backward_recurrence or 1
     plain_steps = fast.steps - guided_steps - late_steps
     assert counts.forward["denoiser"] == samples * (guided_steps * k + late_steps * late_k + plain_steps)
-    # forward guidance and one backward step on each guided pass; the backward step alone on the late steps
-    assert counts.forward["decoder"] == samples * (guided_steps * k * 2 + late_steps * late_k)
+    # forward guidance and, with UGD, one backward step on each guided pass (FreeDoM has none); the backward step
+    # alone on the late steps
+    decodes = 2 if levers.method == "ugd" else 1
+    assert counts.forward["decoder"] == samples * (guided_steps * k * decodes + late_steps * late_k)
     assert counts.backward["unet"] == 0  # x0_only
     spelled_out, _ = guided_nodes.ksampler(comfy, seed=SEED, steps=fast.steps, cfg=1.0, scheduler="normal",
                                            denoise=1.0, **fast.levers, **toy)

@@ -19,6 +19,7 @@ from adm.configs import DOWNLOAD_BASE  # noqa: E402
 from samplers.cost import counted_passes, settings_multiple  # noqa: E402
 from samplers.presets import CUSTOM, PRESETS  # noqa: E402
 from samplers.settings import Settings  # noqa: E402
+from samplers.terms import AUTO_WEIGHT  # noqa: E402
 from workflow_format import (  # noqa: E402
     CONTROL, UPLOAD, combo_choices, declared_inputs, input_options, socket_inputs, ui_to_api, widget_slots)
 
@@ -181,15 +182,21 @@ def _pixel_cost_note(title: str, steps: int, terms: list[dict], settings: Settin
             f"not measured (bench/speed measures SD 1.5).")
 
 
+def _multiple(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+
+
 def _cost_note(title: str, steps: int, terms: list[dict], settings: Settings, decoder: str, guide: str | None) -> str:
     multiple = settings_multiple(steps, terms, settings, decoder, guide)
     parts = ["the UNet", "TAESD" if decoder == "taesd" else "the VAE"] + ([GUIDE_NAMES[guide]] if guide else [])
     priced = ", ".join(parts[:-1]) + " and " + parts[-1]
     unpriced = "" if guide else " The guidance networks' passes come on top: bench/speed does not measure them."
-    amount = f"{multiple:,.0f}" if multiple >= 10 else f"{multiple:.1f}"
-    return (f"\n\nEXPECTED COST{f' ({title})' if title else ''}\nAbout {amount}× an unguided 20-step run of SD 1.5 at "
-            f"512 px, from the passes these settings make, counted (samplers/cost.py), with {priced} priced "
-            f"as bench/speed measured them.{unpriced}")
+    under = ", ".join(f"{name} {_multiple(settings_multiple(preset.steps or steps, terms, preset.over(Settings()), 'taesd' if preset.cheap_decoder else 'vae', guide))}×"
+                      for name, preset in PRESETS.items())
+    return (f"\n\nEXPECTED COST{f' ({title})' if title else ''}\nAbout {_multiple(multiple)}× an unguided 20-step run of SD "
+            f"1.5 at 512 px, from the passes these settings make, counted (samplers/cost.py), with {priced} priced "
+            f"as bench/speed measured them.{unpriced} With the sampler's presets instead (at {steps} steps, fast at "
+            f"its own 10 with a TAESD guidance_vae): {under}.")
 
 
 def _options(workflow: Workflow, recurrence: int) -> Output:
@@ -234,6 +241,11 @@ CLASSIFIER_FILE = "- resnet50-11ad3fa6.pth in models/ugd/ (torchvision; download
 TAESD_FILE = "- taesd_decoder.pth and taesd_encoder.pth in models/vae_approx/ (github.com/madebyollin/taesd)."
 
 
+def _paper_guidance(workflow: Workflow, node_type: str, title: str, **inputs) -> Node:
+    """A guidance node on the paper's schedule s(t) = w·√(1−ᾱ_t), with the paper's raw w (new nodes start on auto)."""
+    return workflow.add(node_type, title, schedule="paper", **inputs)
+
+
 def _note(experiment: str, files: list[str], settings: str) -> str:
     return f"{experiment}\n\nMODEL FILES\n" + "\n".join(files) + f"\n\nSETTINGS THAT MATTER\n{settings}"
 
@@ -246,7 +258,7 @@ def _clip_text_guided(name: str, note: str, text: str, recurrence: int, guidance
     base = _adm(workflow) if adm else _stable_diffusion(workflow, "")
     clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights=DOWNLOAD_PRETRAINED,
                         pretrained_tag="openai")
-    guidance = workflow.add("UGDCLIPTextGuidance", guidance_title, clip_model=clip[0], text=text, weight=weight,
+    guidance = _paper_guidance(workflow, "UGDCLIPTextGuidance", guidance_title, clip_model=clip[0], text=text, weight=weight,
                             backward_steps=0)
     _sample_and_save(workflow, base, guidance[0], name.replace("sd15", "ugd"), steps=1000, cfg=1.0,
                      recurrence=recurrence, terms=[dict(weight=weight)], guide="clip")
@@ -264,12 +276,15 @@ def clip_text() -> Workflow:
 
 
 def _segmentation_guided(name: str, experiment: str, steps: int, preset: str | None) -> Workflow:
+    """The paper's segmentation experiment; with a preset, the guidance node at its defaults, as a user starts."""
     files = [SD_FILE, SEG_FILE, "- ugd_segmentation_map_dog.png in ComfyUI/input/ (shipped in workflows/inputs/)."]
+    strength = (f"Segmentation Guidance at its defaults: schedule auto, weight {AUTO_WEIGHT:g} (a fraction of the "
+                "predicted noise, the same for every guidance)."
+                if preset else "s(t) = 400·√(1−ᾱ): weight 400, schedule paper.")
     sampling = (f"The sampler's {preset} preset: {PRESETS[preset].describe()}; its tooltip and the run's log show "
                 f"these values. " if preset else f"Recurrence k = 10. {steps} DDIM steps. ")
-    settings = (f"s(t) = 400·√(1−ᾱ): weight 400, schedule paper. {sampling}cfg 1.5 with the text prompt. "
-                "The map is painted in PASCAL VOC colours (dog = (64, 0, 128), background black) and must have "
-                "the image's aspect ratio.")
+    settings = (f"{strength} {sampling}cfg 1.5 with the text prompt. The map is painted in PASCAL VOC colours "
+                "(dog = (64, 0, 128), background black) and must have the image's aspect ratio.")
     taesd = preset and PRESETS[preset].cheap_decoder
     if taesd:
         files.append(TAESD_FILE)
@@ -279,11 +294,16 @@ def _segmentation_guided(name: str, experiment: str, steps: int, preset: str | N
     sd = _stable_diffusion(workflow, "Walker hound, Walker foxhound on snow")
     segmenter = workflow.add("UGDSegmentationModelLoader", architecture="lraspp_mobilenet_v3_large", weights=AUTO)
     target = workflow.add("LoadImage", "Segmentation map (VOC colours)", image="ugd_segmentation_map_dog.png")
-    guidance = workflow.add("UGDSegmentationGuidance", "Segmentation Guidance (s = 400·√(1−ᾱ))",
-                            segmentation_model=segmenter[0], target_map=target[0], weight=400.0, backward_steps=0)
+    if preset:
+        guidance = workflow.add("UGDSegmentationGuidance", "Segmentation Guidance (defaults: auto)",
+                                segmentation_model=segmenter[0], target_map=target[0])
+    else:
+        guidance = _paper_guidance(workflow, "UGDSegmentationGuidance", "Segmentation Guidance (s = 400·√(1−ᾱ))",
+                                   segmentation_model=segmenter[0], target_map=target[0], weight=400.0,
+                                   backward_steps=0)
     decoder = workflow.add("VAELoader", "Guidance decoder (TAESD)", vae_name="taesd") if taesd else None
     _sample_and_save(workflow, sd, guidance[0], workflow.name.replace("sd15", "ugd"), steps=steps, cfg=1.5,
-                     recurrence=10, terms=[dict(weight=400.0)], guide="segmentation",
+                     recurrence=10, terms=[dict(weight=AUTO_WEIGHT if preset else 400.0)], guide="segmentation",
                      guidance_vae=decoder[0] if decoder else None, preset=preset)
     return workflow
 
@@ -315,7 +335,7 @@ def face() -> Workflow:
     sd = _stable_diffusion(workflow, "Headshot of a person with blonde hair with space background")
     faces = workflow.add("UGDFaceModelLoader", weights=AUTO)
     reference = workflow.add("LoadImage", "Reference face", image="ugd_face_reference_astronaut.png")
-    guidance = workflow.add("UGDFaceIdentityGuidance", "Face Identity Guidance (s = 20000·√(1−ᾱ))",
+    guidance = _paper_guidance(workflow, "UGDFaceIdentityGuidance", "Face Identity Guidance (s = 20000·√(1−ᾱ))",
                             face_model=faces[0], reference=reference[0], weight=20000.0, backward_steps=0)
     _sample_and_save(workflow, sd, guidance[0], "ugd_face", steps=500, cfg=7.5, recurrence=2,
                      terms=[dict(weight=20000.0)], guide=None)
@@ -332,7 +352,7 @@ def object_location() -> Workflow:
         "fractions of the image (also in workflows/inputs/ugd_boxes_dog_person.txt)."))
     sd = _stable_diffusion(workflow, "a headshot of a woman with a dog")
     detector = workflow.add("UGDObjectDetectorLoader", weights=AUTO)
-    guidance = workflow.add("UGDObjectLocationGuidance", "Object Location Guidance (s = 100·√(1−ᾱ))",
+    guidance = _paper_guidance(workflow, "UGDObjectLocationGuidance", "Object Location Guidance (s = 100·√(1−ᾱ))",
                             detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions", weight=100.0,
                             backward_steps=0)
     _sample_and_save(workflow, sd, guidance[0], "ugd_object_location", steps=250, cfg=1.5, recurrence=3,
@@ -352,7 +372,7 @@ def style() -> Workflow:
     clip = workflow.add("UGDCLIPGuidanceModelLoader", architecture="RN50", weights=DOWNLOAD_PRETRAINED,
                         pretrained_tag="openai")
     reference = workflow.add("LoadImage", "Style image", image="ugd_style_swirls.png")
-    guidance = workflow.add("UGDCLIPImageGuidance", "CLIP Image Guidance: style (s = 6·√(1−ᾱ))", clip_model=clip[0],
+    guidance = _paper_guidance(workflow, "UGDCLIPImageGuidance", "CLIP Image Guidance: style (s = 6·√(1−ᾱ))", clip_model=clip[0],
                             image=reference[0], weight=6.0, backward_steps=0)
     _sample_and_save(workflow, sd, guidance[0], "ugd_style", steps=500, cfg=3.0, recurrence=6,
                      terms=[dict(weight=6.0)], guide="clip")
@@ -384,8 +404,8 @@ def _object_location_forward_vs_backward(workflow: Workflow, base: Base) -> Work
     detector = workflow.add("UGDObjectDetectorLoader", weights=AUTO)
     common = dict(detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions", weight=100.0, optimizer="adam",
                   backward_lr=1e-3)
-    forward = workflow.add("UGDObjectLocationGuidance", "Forward only", backward_steps=0, **common)
-    both = workflow.add("UGDObjectLocationGuidance", "Forward + backward (m = 1)", backward_steps=1, **common)
+    forward = _paper_guidance(workflow, "UGDObjectLocationGuidance", "Forward only", backward_steps=0, **common)
+    both = _paper_guidance(workflow, "UGDObjectLocationGuidance", "Forward + backward (m = 1)", backward_steps=1, **common)
     prefix = "ugd_adm_object_location" if base.pixel else "ugd_object_location"
     options = _options(workflow, 3)  # one for both samplers: only the guidance differs
     _sample_and_save(workflow, base, forward[0], f"{prefix}_forward", steps=1000, cfg=1.0,
@@ -415,14 +435,14 @@ def _inpainting_photo(workflow: Workflow):
     """The photo, its hole, and inpainting by backward guidance alone."""
     photo = workflow.add("LoadImage", "Photo to inpaint", image="ugd_inpainting_chelsea.png")
     hole = workflow.add("LoadImageMask", "Hole (white = generate)", image="ugd_inpainting_hole.png", channel="red")
-    inpainting = workflow.add("UGDImageReconstructionGuidance", "Inpainting (backward only)", image=photo[0],
+    inpainting = _paper_guidance(workflow, "UGDImageReconstructionGuidance", "Inpainting (backward only)", image=photo[0],
                               mask=hole[0], weight=0.0, backward_steps=1, backward_lr=0.01)
     return hole, inpainting
 
 
 def _segmentation_of_the_hole(workflow: Workflow, hole: Node) -> Node:
     segmenter = workflow.add("UGDSegmentationModelLoader", architecture="lraspp_mobilenet_v3_large", weights=AUTO)
-    return workflow.add("UGDSegmentationGuidance", "Segmentation Guidance (s = 200·√(1−ᾱ))",
+    return _paper_guidance(workflow, "UGDSegmentationGuidance", "Segmentation Guidance (s = 200·√(1−ᾱ))",
                         segmentation_model=segmenter[0], mask=hole[0], class_name="cat", outside_mask="ignore",
                         weight=200.0, backward_steps=0)
 
@@ -443,7 +463,7 @@ def _segmentation_inpainting(workflow: Workflow, base: Base, classify, classifie
 
 def _resnet_classifier_guidance(workflow: Workflow) -> Node:
     classifier = workflow.add("UGDClassifierModelLoader", architecture="resnet50", weights=AUTO)
-    return workflow.add("UGDClassifierGuidance", "Classifier Guidance", classifier=classifier[0],
+    return _paper_guidance(workflow, "UGDClassifierGuidance", "Classifier Guidance", classifier=classifier[0],
                         target_class="tabby", weight=100.0, backward_steps=0)
 
 
@@ -523,7 +543,7 @@ def toy_world_segmentation() -> Workflow:
     toy = workflow.add("UGDToyWorldLoader")
     networks = workflow.add("UGDToyWorldGuidanceNetworks")
     target = workflow.add("LoadImage", "Target map (toy classes in VOC colours)", image="ugd_toy_segmentation_map.png")
-    guidance = workflow.add("UGDSegmentationGuidance", f"Segmentation Guidance (s = {TOY_WEIGHT:g}·√(1−ᾱ))",
+    guidance = _paper_guidance(workflow, "UGDSegmentationGuidance", f"Segmentation Guidance (s = {TOY_WEIGHT:g}·√(1−ᾱ))",
                             segmentation_model=networks[0], target_map=target[0], weight=TOY_WEIGHT,
                             backward_steps=0)
     latent = workflow.add("UGDEmptyToyWorldLatent", batch_size=4)
