@@ -69,6 +69,8 @@ MODEL_WEIGHT_SCALE = {"eps": 1.0, "flow": 2.0}
 # inpainting backward only (s(t) = 0); the segmentation-and-classifier combination forward only.
 PAPER_BACKWARD_STEPS = {"segmentation": 0, "classification": 0, "location": 3, "inpainting": 3, "combination": 0}
 BACKWARD_ONLY = {"inpainting"}
+TASK_NODES = {"segmentation": "UGDSegmentationGuidance", "classification": "UGDClassifierGuidance",
+              "location": "UGDObjectLocationGuidance", "inpainting": "UGDImageReconstructionGuidance"}
 BOOTSTRAP_DRAWS = 1000
 
 
@@ -89,6 +91,7 @@ class Setting:
     backward_steps: int | None = None
     guided: bool = True
     preset: str = "custom"
+    node_defaults: bool = False  # the guidance nodes at their defaults, what a user gets, in place of the task's
 
 
 def paper_with(name: str, **levers) -> Setting:
@@ -98,13 +101,17 @@ def paper_with(name: str, **levers) -> Setting:
 
 UNGUIDED = Setting("unguided", Settings(), guided=False)
 PAPER = Setting("paper")
+# The known pixels' lever on inpainting with the task's own guidance: held at their encoding alone, and with the
+# guidance's 5 backward steps (Adam, lr 0.1) as the polish of the finished latent (samplers/known_pixels.py)
+KNOWN_PIXELS = [Setting("known pixels replaced", Settings(known_pixels="replace"), backward_steps=0),
+                Setting("known pixels replaced, polished (m = 5)", Settings(known_pixels="replace"), backward_steps=5)]
 
 
 def preset_setting(name: str) -> Setting:
     """The row of a shipped preset, run through the sampler's preset input; its levers spelled out for the cost."""
     preset = PRESETS[name]
     return Setting(f"{name} preset", preset.over(Settings()), steps=preset.steps or Setting.steps,
-                   cheap_decoder=preset.cheap_decoder, preset=name)
+                   cheap_decoder=preset.cheap_decoder, preset=name, node_defaults=True)
 
 
 def lever_sweep() -> list[Setting]:
@@ -139,13 +146,23 @@ class Toy:
         with torch.inference_mode():
             return getattr(self.nodes[node](), function)(**inputs)
 
-    def guidance(self, task: str, task_targets: Sequence, weight: float, backward_steps: int,
-                 strength: float | None = None, lr_scale: float = 1.0, mean_lr: float | None = None) -> tuple:
+    def node_defaults(self, task: str) -> dict:
+        """The settings a new guidance node of the task starts with."""
+        spec = self.nodes[TASK_NODES[task]].INPUT_TYPES()["required"]
+        return {name: spec[name][1]["default"] for name in ("weight", "schedule", "backward_steps", "backward_lr",
+                                                             "optimizer", "start_percent", "end_percent")}
+
+    def guidance(self, task: str, task_targets: Sequence, weight: float = 1.0, backward_steps: int = 0,
+                 strength: float | None = None, lr_scale: float = 1.0, mean_lr: float | None = None,
+                 defaults: bool = False) -> tuple:
         """One guidance for the batch, sample i guided to target i: the segmentation, location and inpainting nodes
         take a target per image themselves; Classifier Guidance takes one class, so its loss gets the batch's.
         `weight` and `lr_scale` scale each task's raw w and backward lr; with `strength`, every term takes the auto
-        schedule with that w instead; with `mean_lr`, a term's backward lr is its raw w times mean_lr."""
+        schedule with that w instead; with `mean_lr`, a term's backward lr is its raw w times mean_lr. With
+        `defaults`, every node keeps its own defaults instead."""
         def settings(task_name):
+            if defaults:
+                return self.node_defaults(task_name)
             w, lr = WEIGHTS[task_name]
             forward = dict(weight=w * weight, schedule="paper") if strength is None or weight == 0 else \
                 dict(weight=strength, schedule="auto")
@@ -173,9 +190,9 @@ class Toy:
             return self.call("UGDImageReconstructionGuidance", "guide", image=images, mask=holes, **settings(task))[0]
         if task == "combination":
             return (self.guidance("segmentation", [t.map for t in task_targets], weight, backward_steps, strength,
-                                  lr_scale, mean_lr)
+                                  lr_scale, mean_lr, defaults)
                     + self.guidance("classification", [targets.ClassTarget(t.class_name) for t in task_targets],
-                                    weight, backward_steps, strength, lr_scale, mean_lr))
+                                    weight, backward_steps, strength, lr_scale, mean_lr, defaults))
         raise ValueError(f"unknown task {task!r}")
 
     def sample(self, model: str, task: str, task_targets: Sequence, setting: Setting, seed: int) -> torch.Tensor:
@@ -187,7 +204,9 @@ class Toy:
         if not setting.guided:
             samples = self.call("KSampler", "sample", sampler_name="euler", **common)[0]
         else:
-            if setting.method_strength is None:
+            if setting.node_defaults:
+                guidance = self.guidance(task, task_targets, defaults=True)
+            elif setting.method_strength is None:
                 backward_steps = PAPER_BACKWARD_STEPS[task] if setting.backward_steps is None else setting.backward_steps
                 weight = 0.0 if task in BACKWARD_ONLY else MODEL_WEIGHT_SCALE[model]
                 guidance = self.guidance(task, task_targets, weight, backward_steps, setting.strength)
@@ -287,27 +306,39 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
                 scores=table.tolist())
 
 
-# The auto schedule's w (samplers/parameterization.py) at the balanced preset's levers, chosen on the tuning half
-# (bench/frontier/tuning.md, "Automatic strength"): one value for every task and model, and each task's own best.
-AUTO_STRENGTH = 0.7
-AUTO_STRENGTH_PER_TASK = {("eps", "segmentation"): 1.4, ("eps", "classification"): 0.7, ("eps", "location"): 1.0,
-                          ("eps", "combination"): 0.5, ("flow", "segmentation"): 1.0, ("flow", "classification"): 1.0,
-                          ("flow", "location"): 0.5, ("flow", "combination"): 0.7}
+# Each task's own best weight_scale at the balanced preset's method and levers, on the tuning half (the presets
+# search's rows, bench/frontier/presets/balanced.md); a new node's strength is AUTO_WEIGHT at the preset's own.
+OWN_STRENGTH = {("eps", "segmentation"): 1.4142, ("eps", "combination"): 0.7071, ("flow", "segmentation"): 1.4142,
+                ("flow", "classification"): 1.4142, ("flow", "location"): 0.7071}
 
 
 def strength_settings(model: str, task: str) -> list[Setting]:
-    """At the balanced preset's levers: each task's raw w as the preset scales it, the shared auto w, and the task's
-    own best auto w when that differs."""
-    balanced = dataclasses.replace(preset_setting("balanced"), preset="custom")
-    unscaled = balanced.levers.replace(weight_scale=1.0)
-    rows = [dataclasses.replace(balanced, name="balanced levers, raw w"),
-            dataclasses.replace(balanced, name=f"balanced levers, auto w = {AUTO_STRENGTH:g}", levers=unscaled,
-                                strength=AUTO_STRENGTH)]
-    own = AUTO_STRENGTH_PER_TASK[model, task]
-    if own != AUTO_STRENGTH:
-        rows.append(dataclasses.replace(balanced, name=f"balanced levers, auto w = {own:g}", levers=unscaled,
-                                        strength=own))
-    return rows
+    """The balanced preset with the task's own best weight_scale, where that is not the preset's."""
+    balanced = preset_setting("balanced")
+    own = OWN_STRENGTH.get((model, task), balanced.levers.weight_scale)
+    if own == balanced.levers.weight_scale:
+        return []
+    return [dataclasses.replace(balanced, name=f"balanced preset, weight ×{own:.3g}", preset="custom",
+                                levers=balanced.levers.replace(weight_scale=own))]
+
+
+def default_strength_checks(results: list[dict]) -> list[str]:
+    """Per task and model, the default strength (the balanced preset's row) against the task's own best: within 90%
+    of its score or not."""
+    rows = {row_key(r): r for r in results}
+    lines = []
+    for model, task in dict.fromkeys((r["model"], r["task"]) for r in results):
+        default = rows.get((model, task, "balanced preset"))
+        own = [r for r in results if (r["model"], r["task"]) == (model, task)
+               and r["setting"].startswith("balanced preset, weight ×")]
+        if not (default and own):
+            continue
+        best = max(default["mean"], own[0]["mean"])
+        ratio = default["mean"] / best if best > 0 else 1.0
+        lines.append(f"- {model}, {task}: the default strength scores {default['mean']:.3f}, the task's own "
+                     f"({own[0]['setting'][len('balanced preset, '):]}) {own[0]['mean']:.3f}: {ratio:.0%} of the "
+                     f"better, " + ("within 90%." if ratio >= 0.9 else "not within 90%."))
+    return lines
 
 
 def combinations() -> list[Setting]:
@@ -316,7 +347,9 @@ def combinations() -> list[Setting]:
         paper_with("x0_only, first 30%", gradient="x0_only", guidance_end=0.3),
         paper_with("first 30%, k = 4", guidance_end=0.3, recurrence=4),
         paper_with("x0_only, first 50%, k = 4", gradient="x0_only", guidance_end=0.5, recurrence=4),
-        dataclasses.replace(preset_setting("fast"), name="fast, full decoder", cheap_decoder=False, preset="custom"),
+        # 0.1's fast preset (UGD on the task's raw w) with the full VAE as its guidance decoder
+        Setting("fast, full decoder", Settings(recurrence=4, backward_recurrence=1, gradient="x0_only", guidance_end=0.5,
+                                               weight_scale=0.3, backward_end=1.0), steps=10),
     ]
 
 
@@ -338,6 +371,7 @@ def rows_to_run(quick: bool, models: Sequence[str], tasks: Sequence[str] = TASKS
     rows = []
     if group in ("all", "main"):
         rows += [(model, task, s) for model in models for task in tasks for s in (UNGUIDED, PAPER, *presets)]
+        rows += [(model, "inpainting", s) for model in models if "inpainting" in tasks for s in KNOWN_PIXELS]
     if group in ("all", "sweep"):
         swept = [("eps", "segmentation"), ("flow", "segmentation"), ("eps", "location")]
         for model, task in swept:
@@ -400,8 +434,9 @@ def claims(results: list[dict]) -> list[str]:
 
 def preset_checks(results: list[dict]) -> list[str]:
     """Per task and model, each preset against its targets: fast keeps 90% of paper mode's gain over unguided at
-    1.5× an unguided run's cost or less; balanced scores paper mode's or more at ⅕ of its cost or less; neither
-    has a KID worse than paper mode's by more than paper mode's spread."""
+    1.5× an unguided run's cost or less; balanced scores paper mode's or more at ⅕ of its cost or less; quality
+    scores above paper mode, the paired difference's 95% interval above 0, at its cost or less; none has a KID worse
+    than paper mode's by more than paper mode's spread."""
     rows = {row_key(r): r for r in results}
     lines = []
     for model, task in dict.fromkeys((r["model"], r["task"]) for r in results):
@@ -409,23 +444,75 @@ def preset_checks(results: list[dict]) -> list[str]:
         if not (unguided and paper):
             continue
         gain = paper["mean"] - unguided["mean"]
-        for name in ("fast", "balanced"):
+        for name in ("fast", "balanced", "quality"):
             row = rows.get((model, task, f"{name} preset"))
             if not row:
                 continue
             retained = (row["mean"] - unguided["mean"]) / gain if gain > 0 else float("nan")
             realism = row["kid"] <= paper["kid"] + paper["kid_spread"]
+            relative = row["sd15_cost"] / paper["sd15_cost"]
             if name == "fast":
                 score, cost = retained >= 0.9, row["sd15_cost"] <= 1.5
                 wanted = f"keeps {retained:.0%} of paper mode's gain at {row['sd15_cost']:.2f}× unguided"
+            elif name == "balanced":
+                score, cost = row["mean"] >= paper["mean"], relative <= 1 / 5
+                wanted = (f"scores {row['mean']:.3f} against paper mode's {paper['mean']:.3f} at {relative:.2f} of its "
+                          f"cost")
             else:
-                score, cost = row["mean"] >= paper["mean"], row["sd15_cost"] <= paper["sd15_cost"] / 5
-                wanted = (f"scores {row['mean']:.3f} against paper mode's {paper['mean']:.3f} at "
-                          f"{row['sd15_cost'] / paper['sd15_cost']:.2f} of its cost")
+                low, high = paired_interval(row, paper)
+                score, cost = low > 0, relative <= 1
+                wanted = (f"scores {row['mean']:.3f} against paper mode's {paper['mean']:.3f}, difference "
+                          f"{row['mean'] - paper['mean']:+.3f} ({low:+.3f} to {high:+.3f}), at {relative:.2f} of its cost")
             missed = [what for what, ok in (("score", score), ("cost", cost), ("KID", realism)) if not ok]
             lines.append(f"- {model}, {task}, {name}: {wanted}, KID {row['kid']:.0f} against {paper['kid']:.0f} ± "
                          f"{paper['kid_spread']:.0f}: " + (f"misses on {', '.join(missed)}" if missed else "meets its targets"))
     return lines
+
+
+def retention_interval(row: dict, unguided: dict, paper: dict, draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float]:
+    """95% interval of the share of paper mode's gain over unguided that the row keeps, resampling targets and seeds
+    with replacement, the same draw for the three rows."""
+    generator = torch.Generator().manual_seed(0)
+    tables = [torch.tensor(r["scores"]) for r in (row, unguided, paper)]
+    t, s_ = tables[0].shape
+    shares = []
+    for _ in range(draws):
+        pick_t, pick_s = torch.randint(t, (t,), generator=generator), torch.randint(s_, (s_,), generator=generator)
+        mean_row, mean_unguided, mean_paper = (float(x[pick_t][:, pick_s].mean()) for x in tables)
+        if mean_paper > mean_unguided:
+            shares.append((mean_row - mean_unguided) / (mean_paper - mean_unguided))
+    low, high = torch.quantile(torch.tensor(shares), torch.tensor([0.025, 0.975]))
+    return float(low), float(high)
+
+
+def preset_table(results: list[dict]) -> str:
+    """Per task and model: paper mode's score and cost, and each preset's share of paper mode's gain over unguided
+    (95% interval) and cost, as a multiple of an unguided run and as a share of paper mode's."""
+    rows = {row_key(r): r for r in results}
+    names = [n for n in ("fast", "balanced", "quality") if any(r["setting"] == f"{n} preset" for r in results)]
+    lines = ["| model | task | paper mode (score, cost) | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for model, task in ((m, t) for m in MODELS for t in TASKS):
+        unguided, paper = rows.get((model, task, UNGUIDED.name)), rows.get((model, task, PAPER.name))
+        if not (unguided and paper):
+            continue
+        cells = []
+        for name in names:
+            row = rows.get((model, task, f"{name} preset"))
+            if row is None:
+                cells.append("–")
+                continue
+            low, high = retention_interval(row, unguided, paper)
+            share = (row["mean"] - unguided["mean"]) / (paper["mean"] - unguided["mean"])
+            cells.append(f"{share:.0%} ({low:.0%}–{high:.0%}), {row['sd15_cost']:.2f}× = "
+                         f"{row['sd15_cost'] / paper['sd15_cost']:.2f} of paper")
+        unit = " dB" if task == "inpainting" else ""
+        lines.append(f"| {model} | {task} | {paper['mean']:.3f}{unit}, {paper['sd15_cost']:.1f}× | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_interval(row: dict, other: dict) -> tuple[float, float]:
+    """95% interval of the mean paired difference row − other over the same targets and seeds."""
+    return bootstrap_interval(torch.tensor(row["scores"]) - torch.tensor(other["scores"]))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -480,7 +567,9 @@ def write(results: list[dict], output: str, half: str, minutes: float | None = N
     """The table, the rows as JSON and the plot, rewritten after every row so that a cut-off run keeps its rows."""
     timing = f" in {minutes:.1f} min on this machine" if minutes is not None else ""
     text = (markdown(results) + f"\n\n{len(results)} rows{timing}.\n\n"
-            + "\n".join(claims(results) + preset_checks(results)) + "\n")
+            + "\n".join(claims(results) + preset_checks(results) + default_strength_checks(results)) + "\n\n"
+            + "Each preset's share of paper mode's gain over unguided (95% interval) and its cost:\n\n"
+            + preset_table(results) + "\n")
     with open(os.path.join(output, f"results_{half}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(output, f"results_{half}.json"), "w") as f:

@@ -77,15 +77,18 @@ def test_the_sweep_changes_one_lever_of_paper_mode_at_a_time():
 
 def test_the_rows_cover_every_task_and_model_and_the_filters_pick_among_them():
     rows = frontier.rows_to_run(False, frontier.MODELS)
-    everywhere = ("unguided", "paper", "balanced preset", "fast preset")
+    everywhere = ("unguided", "paper", "balanced preset", "fast preset", "quality preset")
     for name in everywhere:
         assert {(m, t) for m, t, s in rows if s.name == name} == {(m, t) for m in frontier.MODELS for t in frontier.TASKS}
+    for setting in frontier.KNOWN_PIXELS:  # the known pixels' lever, on inpainting alone
+        assert {(m, t) for m, t, s in rows if s.name == setting.name} == {(m, "inpainting") for m in frontier.MODELS}
     picked = frontier.rows_to_run(False, ["eps"], ["segmentation"])
     assert {(m, t) for m, t, _ in picked} == {("eps", "segmentation")}
     # less m = 0, which is segmentation's paper mode
     assert len(picked) == len(everywhere) + len(frontier.lever_sweep()) - 1 + len(frontier.combinations())
     main, sweep = (frontier.rows_to_run(False, frontier.MODELS, group=group) for group in ("main", "sweep"))
-    assert main + sweep == rows and {s.name for _, _, s in main} == set(everywhere)
+    assert main + sweep == rows
+    assert {s.name for _, _, s in main} == set(everywhere) | {s.name for s in frontier.KNOWN_PIXELS}
     costs = [frontier.expected_cost("segmentation", s) for m, t, s in sweep if (m, t) == ("eps", "segmentation")]
     assert costs == sorted(costs) and costs[0] < 10 < 100 < costs[-1]  # cheapest first: fast with the VAE to m = 5
 
@@ -154,7 +157,8 @@ def test_jobs_claim_the_rows_costliest_first_and_each_once(tmp_path):
 def test_jobs_run_the_rows_left_in_workers_and_join_them_with_the_resumed_ones(comfy, tmp_path):
     """--quick --jobs 2 --resume with paper mode and k = 2 already done: two workers run unguided and fast."""
     done = [dict(model="eps", task="segmentation", setting=name, mean=0.5, interval=[0.4, 0.6], samples=4,
-                 denoising_error=0.1, kid=0.0, kid_spread=1.0, sd15_cost=cost, seconds=1.0, passes={})
+                 denoising_error=0.1, kid=0.0, kid_spread=1.0, sd15_cost=cost, seconds=1.0, passes={},
+                 scores=[[0.4], [0.5], [0.5], [0.6]])  # 4 targets × 1 seed
             for name, cost in (("paper", 60.7), ("k = 2", 12.2))]
     (tmp_path / "results_report.json").write_text(frontier.json.dumps(done))
     results = frontier.main(["--quick", "--jobs", "2", "--resume", "--output", str(tmp_path)])
