@@ -25,24 +25,30 @@ def term_labels(terms: Sequence[GuidanceTerm]) -> list[str]:
 
 
 class PassLosses:
-    """Each watched loss's first value in the current pass (its batch mean), by label."""
+    """Each watched loss's first value in the current pass, per sample, by label; with particles, the first in
+    each chunk of the pass (`next_chunk`)."""
 
     def __init__(self):
-        self.values: dict[str, float] = {}
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.seen: set[str] = set()
 
     def watched(self, label: str, loss_fn: Callable[..., torch.Tensor]):
         def call(*inputs: torch.Tensor) -> torch.Tensor:  # the image, or a noisy latent and its noise level
             loss = loss_fn(*inputs)
-            if label not in self.values:  # read once a pass: each reading waits for the device
-                self.values[label] = float(loss.detach().float().mean())
+            if label not in self.seen:
+                self.seen.add(label)
+                self.values.setdefault(label, []).append(loss.detach().float())
             return loss
 
         return call
 
-    def take(self) -> dict[str, float]:
-        """The pass's losses, in the order first read; the next pass starts empty."""
-        values, self.values = self.values, {}
-        return values
+    def next_chunk(self) -> None:
+        self.seen = set()
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The pass's per-sample losses, in the order first read; the next pass starts empty."""
+        values, self.values, self.seen = self.values, {}, set()
+        return {label: torch.cat(parts) for label, parts in values.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +80,8 @@ class PassReport:
 
 
 class LossHistory:
-    """Each term's loss over the steps (NaN where it was not active) and its window, for the loss plot."""
+    """Each term's loss over the steps (NaN where it was not active) and its window, for the loss plot; with
+    particles, the chosen particles' (`chosen`)."""
 
     def __init__(self):
         self.steps = 0
@@ -91,3 +98,9 @@ class LossHistory:
         if report.last_of_step:
             for label, value in report.losses.items():
                 self.values[label][report.step] = value
+
+    def chosen(self, path: dict[str, dict[int, float]]) -> None:
+        """The chosen particles' losses by term and step, in place of every particle's mean."""
+        for label, steps in path.items():
+            for step, value in steps.items():
+                self.values[label][step] = value

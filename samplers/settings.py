@@ -19,15 +19,30 @@ BASE_STEPS = ("ddim", "ddpm")
 TFG_SCHEDULES = ("increase", "decrease", "constant")
 SMOOTHING_SCHEDULES = ("decrease", "constant")
 KNOWN_PIXELS = ("guidance", "replace")
+POTENTIALS = ("max", "difference", "sum")
+RESAMPLING = ("systematic", "multinomial")
+
+
+def resampling_steps(text: str) -> tuple[int, ...]:
+    """"5, 10, 15" as (5, 10, 15): the steps after which particles are resampled, counted from 1."""
+    try:
+        steps = tuple(int(part) for part in text.replace(",", " ").split())
+    except ValueError:
+        raise ValueError(f"resample_steps must list whole step numbers such as '5, 10, 15', got {text!r}.") from None
+    if any(step < 1 for step in steps):
+        raise ValueError(f"resample_steps counts steps from 1, got {text!r}.")
+    return steps
 
 
 def _lever(default: Any, tooltip: str, *, choices: tuple | None = None, noun: str | None = None,
            minimum: float | None = None, maximum: float | None = None, above: float | None = None,
-           widget_max: float | None = None, step: float | None = None, on_options_node: bool = True):
-    """A field with what it accepts: one of `choices` (a `noun` names them in errors), or a number from `minimum`
-    (or strictly `above`) to `maximum`. `widget_max` caps only the options node's widget."""
+           widget_max: float | None = None, step: float | None = None, on_options_node: bool = True,
+           parse=None):
+    """A field with what it accepts: one of `choices` (a `noun` names them in errors), a number from `minimum`
+    (or strictly `above`) to `maximum`, or text that `parse` reads (raising ValueError with the fix).
+    `widget_max` caps only the options node's widget."""
     metadata = dict(tooltip=tooltip, choices=choices, noun=noun, minimum=minimum, maximum=maximum, above=above,
-                    widget_max=widget_max, step=step, on_options_node=on_options_node)
+                    widget_max=widget_max, step=step, on_options_node=on_options_node, parse=parse)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -39,6 +54,14 @@ def _problem(name: str, value: Any, meta: dict, kind: type) -> str | None:
         return None
     if kind is bool:
         return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}."
+    if kind is str:
+        if not isinstance(value, str):
+            return f"{name} must be text, got {value!r}."
+        try:
+            meta["parse"](value)
+        except ValueError as error:
+            return str(error)
+        return None
     low, high, above = meta["minimum"], meta["maximum"], meta["above"]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         return f"{name} must be a whole number, got {value!r}."
@@ -97,6 +120,23 @@ class Settings:
     decode_resolution: str = _lever("full", "Decode for the guidance loss at full, half or quarter resolution: "
                                             "the decoder costs 4× or 16× less, the loss sees less detail.",
                                     choices=tuple(DECODE_RESOLUTIONS), noun="decode resolution")
+    particles: int = _lever(1, "Samples per output image, run side by side and resampled by the guidance losses; the "
+                               "output is the one with the lowest final loss (README: Particles).", minimum=1,
+                            widget_max=256)
+    resample_every: int = _lever(0, "Resample the particles by their losses every N steps; 0 only picks the best at "
+                                    "the end (best-of-N).", minimum=0, widget_max=1000)
+    resample_steps: str = _lever("", "Steps to resample after, such as 5, 10, 15 (counted from 1); replaces "
+                                     "resample_every.", parse=resampling_steps)
+    potential: str = _lever("max", "How a particle's losses so far weigh it when resampling: FK steering's max, "
+                                   "difference or sum of its rewards.", choices=POTENTIALS)
+    temperature: float = _lever(10.0, "λ: how strongly resampling prefers low losses (0 keeps particles at "
+                                      "random).", minimum=0.0, widget_max=10000.0, step=0.1)
+    resampling: str = _lever("systematic", "How particles are drawn by their weights: systematic (less chance "
+                                           "noise) or multinomial.", choices=RESAMPLING)
+    particle_batch: int = _lever(0, "Particles per model call; 0 runs all of an image's particles at once and "
+                                    "halves that on running out of memory.", minimum=0, widget_max=256)
+    return_particles: bool = _lever(False, "Return every particle, each image's best first, instead of the best "
+                                           "one.")
     checkpointing: bool = _lever(False, "Recompute the UNet's and decoder's activations in the backward pass: much "
                                         "less memory, a little more time, the same result.")
     autocast: str = _lever("off", "Run the guided passes under bf16 or fp16 autocast, for GPUs; a pass that is not "
@@ -141,6 +181,8 @@ def widget(name: str) -> tuple:
         return list(meta["choices"]), spec
     if kind is bool:
         return "BOOLEAN", spec
+    if kind is str:
+        return "STRING", spec
     low = meta["minimum"] if meta["minimum"] is not None else meta["above"] + meta["step"]
     high = meta["maximum"] if meta["maximum"] is not None else meta["widget_max"]
     spec.update(min=low, max=high)

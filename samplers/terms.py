@@ -56,6 +56,7 @@ class GuidanceTerm:
         backward_lr: learning rate of the backward optimiser.
         optimizer: "adam" or "sgd".
         start_percent, end_percent: the fraction of sampling steps where this term is active.
+        reward_only: the term only scores particles (samplers/particles.py) and takes no gradient step.
         models: host handles (e.g. ComfyUI ModelPatchers) to load before sampling; the engine ignores them.
     """
 
@@ -68,6 +69,7 @@ class GuidanceTerm:
     optimizer: str = "adam"
     start_percent: float = 0.0
     end_percent: float = 1.0
+    reward_only: bool = False
     models: tuple[Any, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ from .guide import Guide
 from .known_pixels import HeldLatent, polish, while_held
 from .parameterization import NoiseScaling, alpha_bar, noise_coefficients
 from .precision import GuidancePrecision
+from .particles import Particles, resampled_after
 from .progress import PassLosses, PassReport, term_labels
 from .settings import Settings
 from .terms import GuidanceTerm
@@ -52,7 +53,8 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
                               seed: int | None = None, check_interrupt: Callable[[], None] = lambda: None,
                               update_mask: torch.Tensor | None = None, unconditional: Callable | None = None,
                               held: HeldLatent | None = None,
-                              on_pass: Callable[[PassReport], None] | None = None) -> torch.Tensor:
+                              on_pass: Callable[[PassReport], None] | None = None,
+                              on_chosen: Callable[[dict[str, dict[int, float]]], None] | None = None) -> torch.Tensor:
     """Universal guided sampling (Algorithm 1), a k-diffusion sampler function.
 
     Args:
@@ -63,8 +65,9 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
         decode: differentiable `x0 -> image (B, 3, H, W)` in [0, 1], not clamped.
         noise_scaling: `model_sampling.noise_scaling`, which gives a(σ) and b(σ).
         settings: the method and every lever.
-        seed: seeds the re-noising and ancestral noise; defaults to extra_args["seed"].
-        check_interrupt: raises to stop sampling; called before every denoiser pass and backward step.
+        seed: seeds the re-noising, ancestral and particle noise; defaults to extra_args["seed"].
+        check_interrupt: raises to stop sampling; called before every denoiser pass (every chunk of particles) and
+            backward step.
         update_mask: 1 where guidance may change x0 directly, 0 where it must not (e.g. an inpainting mask, which
             the denoiser already applies to its own output and to guidance through it).
         unconditional: for the "unconditional" gradient, `(x, σ) -> (x0 with CFG, the unconditional x0)`, from the
@@ -73,14 +76,20 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
             host, which alone can encode.
         on_pass: called after every denoiser pass with its `progress.PassReport`; the step bar counts passes and
             shows the terms' losses too.
+        on_chosen: with particles, called at the end with the chosen particles' losses by term and step.
+
+    Returns each image's chosen particle, (B, C, h, w), or every particle with settings.return_particles.
     """
     extra_args = {} if extra_args is None else extra_args
-    randn = _noise_source(x, int(extra_args.get("seed") or 0) if seed is None else int(seed))
+    seed = int(extra_args.get("seed") or 0) if seed is None else int(seed)
     losses, polishing = PassLosses(), []
     with torch.inference_mode(False):
         guidance = [replace(term, weight=term.weight * settings.weight_scale) for term in guidance]
-        bound = [(term, losses.watched(label, term.loss.bind(x.device)))
-                 for term, label in zip(guidance, term_labels(guidance))]
+        unwatched = [(term, term.loss.bind(x.device)) for term in guidance]
+        bound = [(term, losses.watched(label, fn)) for (term, fn), label in zip(unwatched, term_labels(guidance))
+                 if not term.reward_only]
+        # particles are scored by the reward-only terms where there are any, else by every term
+        rewarded = [(term, fn) for term, fn in unwatched if term.reward_only] or unwatched
         update_mask = None if update_mask is None else update_mask.clone()
         if held is not None:
             model, (bound, polishing) = held.denoiser(model, noise_scaling), while_held(bound, settings.polish_steps)
@@ -94,33 +103,45 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
     alpha_steps = [alpha_bar(*coefficients[i]) / alpha_bar(*coefficients[i + 1]) for i in range(steps)]
     guided_pass = methods.prepare(settings, alpha_steps)
     plan = [step_plan(bound, i, steps, settings) for i in range(steps)]
-    s_in, done, total = x.new_ones([x.shape[0]]), 0, sum(passes for _, _, passes in plan)
+    particles = Particles(settings, x.shape[0], seed ^ _RECURRENCE_SEED_SALT, rewarded, check_interrupt)
+    resampled = resampled_after(settings, steps)
+    shown = slice(0, x.shape[0])  # the first particle of each image, which the progress and previews show
+    x = particles.spread(x, lambda: guide.denoise(x, sigmas[0] * x.new_ones([x.shape[0]])), *coefficients[0])
+    done, total = 0, sum(passes for _, _, passes in plan)
     with tqdm(total=total, disable=disable, unit="pass") as bar:
         for i, (forward, active, passes) in enumerate(plan):
             (a, b), (a_next, b_next) = coefficients[i], coefficients[i + 1]
             for r in range(passes):
-                check_interrupt()
-                p = methods.Pass(guide, x, sigmas[i] * s_in, active, a, b, a_next, b_next, forward, i,
-                                 alpha_steps[i], settings.eta, randn)
-                x_next, x0 = guided_pass(p) if active else p.plain()
-                if r < passes - 1:
-                    x = renoise(x_next, a_next, b_next, a, b, randn())
+                def run(x_rows, randn):
+                    losses.next_chunk()
+                    p = methods.Pass(guide, x_rows, sigmas[i] * x_rows.new_ones([x_rows.shape[0]]), active, a, b,
+                                     a_next, b_next, forward, i, alpha_steps[i], settings.eta, randn)
+                    x_next, x0 = guided_pass(p) if active else p.plain()
+                    again = renoise(x_next, a_next, b_next, a, b, randn()) if r < passes - 1 else x_next
+                    return x_next, x0, again
+
+                x_next, x0, x = particles.map(run, x)
                 done += 1
-                report = PassReport(i, steps, r, passes, done, total, losses.take(), x_next, x0)
+                pass_losses = losses.take()
+                report = PassReport(i, steps, r, passes, done, total,
+                                    {label: float(v.mean()) for label, v in pass_losses.items()}, x_next[shown],
+                                    x0[shown])
                 if report.losses:
                     bar.set_postfix_str(report.text(), refresh=False)
                 bar.update()
                 if on_pass is not None:
                     on_pass(report)
-            x = x_next
+            particles.record(i, pass_losses)
+            x = particles.resample(guide, x_next, x0, a_next, b_next) if i in resampled else x_next
             if callback is not None:
-                callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
+                callback({"x": x[shown], "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0[shown]})
+    x, path = particles.select(guide, x, x0, *coefficients[-1])
+    if path and on_chosen is not None:
+        on_chosen(path)
     if polishing and float(sigmas[-1]) == 0:  # the finished latent is x0 itself
-        x = polish(replace(guide, decode=held.decode, update_mask=update_mask), x, polishing)
+        polishing_guide, images = replace(guide, decode=held.decode, update_mask=update_mask), particles.images
+        x = torch.cat([polish(polishing_guide, x[first:first + images], polishing)
+                       for first in range(0, x.shape[0], images)])  # each rank of particles has the held batch
     return x
 
 
-def _noise_source(x: torch.Tensor, seed: int) -> Callable[[], torch.Tensor]:
-    """Draws of x's shape from the run's own generator, on x's device and dtype."""
-    generator = torch.Generator().manual_seed((seed ^ _RECURRENCE_SEED_SALT) % 2**64)
-    return lambda: torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
