@@ -130,6 +130,20 @@ class Detector(torch.nn.Module):
         return torch.stack(values)
 
 
+    def detections(self, images: torch.Tensor, score_threshold: float) -> list[dict[str, torch.Tensor]]:
+        """What the detector finds in each image (B, 3, H, W) in [0, 1], as at inference: boxes, labels and scores
+        above `score_threshold`, after non-maximum suppression."""
+        heads = self.network.roi_heads
+        was_training, threshold = self.network.training, heads.score_thresh
+        self.network.eval()
+        heads.score_thresh = score_threshold
+        try:
+            return self.network(list(images))
+        finally:
+            heads.score_thresh = threshold
+            self.network.train(was_training)
+
+
 def build_detector(state_dict: dict | None = None) -> Detector:
     """torchvision `fasterrcnn_resnet50_fpn_v2` for the 91 COCO labels, with `state_dict` loaded if given."""
     network = detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=len(COCO_CATEGORIES), box_score_thresh=0.9)
@@ -205,5 +219,41 @@ class ObjectLocationLoss:
                 torch.manual_seed(self.seed * 1_000_003 + calls[0])
                 values = detector.location_loss(image.to(network_device, torch.float32), boxes, [labels[i] for i in per_sample])
             return values.to(image.device)
+
+        return loss
+
+
+class DetectedBoxesLoss(ObjectLocationLoss):
+    """ℓ = −(the mean over the target boxes of the best IoU × score among the detections of the box's label, 0
+    where there is none): the detector as at inference, so a reward for particles (reward-only).
+
+    The training loss above guides, but ranks images poorly: its objectness and RPN terms reward anchors that merely
+    look like an object near the box, its classifier term averages over proposals sampled at random on every call,
+    so that two images are scored on different samples. This reads the boxes the detector commits to instead; its
+    gradient, through non-maximum suppression and a score threshold, is no use for guidance."""
+
+    SCORE_THRESHOLD = 0.05
+
+    def bind(self, device: torch.device):
+        detector = self.detector
+        network_device = next(detector.parameters()).device
+        labels = [torch.tensor(boxes.labels, dtype=torch.int64) for boxes in self.box_sets]
+
+        def loss(image: torch.Tensor) -> torch.Tensor:
+            h, w = image.shape[-2:]
+            with torch.no_grad():
+                found = detector.detections(image.detach().to(network_device, torch.float32), self.SCORE_THRESHOLD)
+            values = []
+            for i, detections in enumerate(found):
+                k = i if len(self.box_sets) > 1 else 0
+                targets = self.box_sets[k].in_pixels(h, w)
+                boxes, scores = detections["boxes"].cpu(), detections["scores"].cpu()
+                matches = []
+                for label, target in zip(labels[k], targets):
+                    same = detections["labels"].cpu() == label
+                    overlap = torchvision.ops.box_iou(boxes[same], target[None])[:, 0] * scores[same]
+                    matches.append(overlap.max() if same.any() else torch.zeros(()))
+                values.append(-torch.stack(matches).mean())
+            return torch.stack(values).to(image.device)
 
         return loss

@@ -9,8 +9,9 @@ OPTIONS = "UGD_OPTIONS"
 
 class GuidanceOptions:
     DESCRIPTION = ("Every lever of the guided samplers: the method and its strengths and schedules, recurrence, the "
-                   "step windows, the gradient path, the decoder, memory and precision. With preset custom the "
-                   "sampler runs these values; a named preset replaces the ones it sets.")
+                   "step windows, the gradient path, the decoder, known pixels, particles, memory and precision. With "
+                   "preset custom the sampler runs these values; a named preset replaces the ones it sets and keeps "
+                   "the others, particles included.")
     CATEGORY = "universal_guidance"
     RETURN_TYPES = (OPTIONS,)
     RETURN_NAMES = ("options",)

@@ -51,6 +51,9 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
     base_model, extra_args, decode = prepare_guided_sampling(model, x.shape, extra_args, guidance, vae,
                                                              [encoder] if held is not None and encoder else [])
     noise_scaling = base_model.model_sampling.noise_scaling
+    if settings.particles == 1 and all(term.reward_only for term in guidance):
+        log.warning("Universal guidance: every guidance is a particle reward only, and particles is 1: nothing "
+                    "guides this run. Set particles on the options node, or guide with the guidance itself.")
     log_plan(guidance, sigmas, noise_scaling, settings, vae, base_model)
     if history is not None:
         history.start(guidance, len(sigmas) - 1)
@@ -67,7 +70,7 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
                 noise_scaling=noise_scaling, settings=settings,
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                 update_mask=extra_args.get("denoise_mask"), unconditional=branches, held=held,
-                on_pass=LiveProgress(callback, history))
+                on_pass=LiveProgress(callback, history), on_chosen=history and history.chosen)
     except torch.OutOfMemoryError:
         # Re-raised unchanged so that ComfyUI still frees its models; this says what to change.
         log.error("Universal guidance ran out of memory in a backward pass. Turn on checkpointing, give the "

@@ -1,7 +1,8 @@
 """Object location guidance nodes (paper §4.2, Fig. 4): a Faster R-CNN loader and the guidance."""
 from __future__ import annotations
 
-from ..guidance.object_location import UNITS, WEIGHTS, ObjectLocationLoss, build_detector, parse_box_sets
+from ..guidance.object_location import (UNITS, WEIGHTS, DetectedBoxesLoss, ObjectLocationLoss, build_detector,
+                                        parse_box_sets)
 from .guidance_settings import GUIDANCE, guidance_output, settings_inputs
 from .network_weights import file_name, load_network, managed, weights_input, WeightsFileLoader
 
@@ -55,11 +56,33 @@ class ObjectLocationGuidance:
         return guidance_output(f"object location guidance ({count})", loss, [detector], **settings)
 
 
+class ObjectLocationReward:
+    DESCRIPTION = ("Scores particles by the boxes the detector finds: the best overlap × confidence for each given "
+                   "box. A reward only (the options node's particles): it ranks images better than the training "
+                   "loss that Object Location Guidance steers with, but gives no gradient.")
+    CATEGORY = "universal_guidance/guidance"
+    RETURN_TYPES = (GUIDANCE,)
+    FUNCTION = "reward"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = ObjectLocationGuidance.INPUT_TYPES()["required"]
+        return {"required": {name: required[name] for name in ("detector", "boxes", "units")}}
+
+    def reward(self, detector, boxes, units):
+        box_sets = parse_box_sets(boxes, units, detector.model.categories)
+        count = (f"{len(box_sets[0].labels)} boxes" if len(box_sets) == 1 else f"{len(box_sets)} box sets, one per image")
+        return guidance_output(f"object location reward ({count})", DetectedBoxesLoss(detector.model, box_sets),
+                               [detector], reward_only=True)
+
+
 NODE_CLASS_MAPPINGS = {
     "UGDObjectDetectorLoader": ObjectDetectorLoader,
     "UGDObjectLocationGuidance": ObjectLocationGuidance,
+    "UGDObjectLocationReward": ObjectLocationReward,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UGDObjectDetectorLoader": "Object Detector Loader (Faster R-CNN)",
     "UGDObjectLocationGuidance": "Object Location Guidance",
+    "UGDObjectLocationReward": "Object Location Reward (particles)",
 }

@@ -116,3 +116,34 @@ def test_build_clip_model_rejects_unknown_architectures_and_mismatched_weights()
         build_clip_model("NoSuchNet")
     with pytest.raises(ValueError, match="do not fit open_clip 'RN50'"):
         build_clip_model("RN50", tiny_clip().state_dict())
+
+
+class _FixedDetections(torch.nn.Module):
+    """A detector network that finds the same boxes in every image, above the score threshold it is given."""
+
+    def __init__(self, found):
+        super().__init__()
+        self.found, self.scale = found, torch.nn.Parameter(torch.ones(()))
+        self.roi_heads = type("Heads", (), {"score_thresh": 0.9})()
+
+    def forward(self, images):
+        assert not self.training
+        keep = self.found["scores"] >= self.roi_heads.score_thresh
+        return [{name: value[keep] for name, value in self.found.items()} for _ in images]
+
+
+def test_the_detected_boxes_reward_is_the_best_overlap_times_confidence_per_target_box():
+    from guidance.object_location import COCO_CATEGORIES, DetectedBoxesLoss, Detector, parse_boxes
+
+    dog, person = COCO_CATEGORIES.index("dog"), COCO_CATEGORIES.index("person")
+    found = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 5.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
+             "labels": torch.tensor([dog, dog, person]), "scores": torch.tensor([0.5, 0.9, 0.2])}
+    detector = Detector(_FixedDetections(found))
+    boxes = parse_boxes("dog 0 0 10 10\ncat 0 0 10 10", units="pixels")
+    reward = DetectedBoxesLoss(detector, boxes).bind("cpu")(torch.rand(2, 3, 32, 32))
+    # dog: max(1.0 × 0.5, 0.5 × 0.9) = 0.5; no cat found: 0; the low-scoring person is seen (threshold 0.05)
+    assert torch.allclose(reward, torch.tensor([-0.25, -0.25]))
+    assert detector.network.roi_heads.score_thresh == 0.9  # the detector's own threshold is back
+    person_boxes = parse_boxes("person 20 20 30 30", units="pixels")
+    assert torch.allclose(DetectedBoxesLoss(detector, person_boxes).bind("cpu")(torch.rand(1, 3, 32, 32)),
+                          torch.tensor([-0.2]))

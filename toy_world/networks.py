@@ -145,6 +145,20 @@ class BoxPredictor(torch.nn.Module):
         if repeated:
             raise ValueError(f"The toy box predictor finds one box per shape, but {', '.join(sorted(repeated))} has several: give each shape at most one box.")
 
+    def detections(self, images: torch.Tensor, score_threshold: float) -> list[dict[str, torch.Tensor]]:
+        """Per image, as a torchvision detector gives them: each shape it finds with a presence probability of at
+        least `score_threshold`, its box in pixels, label and probability."""
+        h, w = images.shape[-2:]
+        presence, boxes = self(images)
+        scores = presence.sigmoid()
+        found = []
+        for image_scores, image_boxes in zip(scores, boxes):
+            keep = image_scores >= score_threshold
+            found.append({"boxes": image_boxes[keep] * image_boxes.new_tensor([w, h, w, h]),
+                          "labels": torch.arange(1, len(data.SHAPES) + 1, device=images.device)[keep],
+                          "scores": image_scores[keep]})
+        return found
+
     def location_loss(self, images: torch.Tensor, boxes, labels) -> torch.Tensor:
         """ℓ per image of (B, 3, H, W), image i with target boxes[i] (N, 4) in its pixels and labels[i] (N,): every
         unnamed shape should be absent. One forward for the batch."""
