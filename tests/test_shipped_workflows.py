@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS_DIR = os.path.join(ROOT, "workflows")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from build_workflows import build_all, dumps  # noqa: E402
+from build_workflows import PARTICLE_LEVERS, build_all, dumps  # noqa: E402
 from run_workflow import FILE_INPUTS, IMAGE_LOADERS  # noqa: E402
 from workflow_format import check_ui, combo_choices, ui_to_api, widget_inputs  # noqa: E402
 from samplers.presets import PRESETS  # noqa: E402
@@ -44,6 +44,10 @@ PAPER_SETTINGS = {
         "UGDGuidedKSampler": {"cfg": 1}},
     "sd15_segmentation_guidance_fast.json": {"UGDSegmentationGuidance": {"weight": AUTO_WEIGHT, "schedule": "auto"},
                                              "UGDGuidedKSampler": {"preset": "fast", "steps": PRESETS["fast"].steps}},
+    "sd15_object_location_particles.json": {
+        "UGDObjectLocationGuidance": {"weight": AUTO_WEIGHT, "schedule": "auto"},
+        "UGDObjectLocationReward": {"units": "fractions"},
+        "UGDGuidedKSampler": {**PARTICLE_LEVERS, "preset": "custom", "steps": PRESETS["fast"].steps}},
     "adm_clip_guidance.json": {"UGDADMModelLoader": {"ckpt_name": "256x256_diffusion_uncond.pt"},
                                "UGDCLIPTextGuidance": {"weight": 2, "schedule": "paper", "backward_steps": 0},
                                "UGDGuidedKSampler": {"recurrence": 10, "cfg": 1, "steps": 1000}},
@@ -221,8 +225,9 @@ def test_widget_values_line_up_with_the_sampler_inputs(object_info):
         "recurrence": 2, "method": "ugd", "smoothing": 0.0, "rho_schedule": "increase", "mu_schedule": "increase",
         "smoothing_schedule": "decrease", "guidance_every": 1, "guidance_end": 1.0, "backward_end": 0.0,
         "backward_recurrence": 0, "gradient": "through_unet", "weight_scale": 1.0, "decode_resolution": "full",
-        "known_pixels": "guidance", "polish_steps": 0,
-        "checkpointing": False, "autocast": "off"}
+        "known_pixels": "guidance", "polish_steps": 0, "particles": 1, "resample_every": 0, "resample_steps": "",
+        "potential": "max", "temperature": 10.0, "resampling": "systematic", "particle_batch": 0,
+        "return_particles": False, "checkpointing": False, "autocast": "off"}
 
 
 @pytest.mark.parametrize("name", [n for n in UI_FILES if n.startswith("sd15_")])

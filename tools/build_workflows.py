@@ -207,17 +207,17 @@ def _options(workflow: Workflow, recurrence: int) -> Output:
 def _sample_and_save(workflow: Workflow, base: Base, guidance: Output, prefix: str, *, steps: int, cfg: float,
                      recurrence: int, terms: list[dict], guide: str | None, title: str | None = None,
                      guidance_vae: Output | None = None, preset: str | None = None, options: Output | None = None,
-                     cost_title: str = ""):
+                     cost_title: str = "", settings: Settings | None = None):
     """The guided sampler, decode and save; the note gains the settings' expected cost. Without a preset the
-    sampler takes an options node with k = recurrence (`options`, or a new one); a preset's steps show in its steps
-    widget. `terms` are the guidance terms' weight and backward_steps, `guide` the guidance network as
-    samplers/cost prices it."""
+    sampler takes an options node (`options`, whose `settings` are given, or a new one with k = recurrence); a
+    preset's steps show in its steps widget. `terms` are the guidance terms' weight and backward_steps, `guide` the
+    guidance network as samplers/cost prices it."""
     extra = {"guidance_vae": guidance_vae} if guidance_vae else {}
     if preset:
         chosen = PRESETS[preset]
         steps, settings = chosen.steps or steps, chosen.over(Settings())
     else:
-        settings = Settings(recurrence=recurrence)
+        settings = settings or Settings(recurrence=recurrence)
         extra["options"] = options or _options(workflow, recurrence)
     title = title or f"Universal Guided KSampler ({f'{preset} preset' if preset else f'k = {recurrence}'})"
     workflow.note += (_pixel_cost_note(cost_title, steps, terms, settings) if base.pixel else
@@ -319,9 +319,10 @@ def segmentation_fast() -> Workflow:
     return _segmentation_guided(
         "sd15_segmentation_guidance_fast",
         "SEGMENTATION MAP GUIDANCE, FAST PRESET of sd15_segmentation_guidance (paper §4.1, Fig. 4). The fast "
-        "preset was chosen on the pack's toy world, where on segmentation it keeps 57 to 87% of paper mode's "
-        "gain at the cost of about one and a half unguided runs (README: Quality against cost); on Stable "
-        "Diffusion expect a looser fit to the map than the paper's 500 steps with k = 10.", 500, preset="fast")
+        "preset (FreeDoM's step, 10 steps, a TAESD guidance decoder) was chosen on the pack's toy world, where on "
+        "segmentation it keeps 99% (ε model) and 83% (flow model) of paper mode's gain at about 1.25 unguided "
+        "runs (README: Presets); on Stable Diffusion expect a looser fit to the map than the paper's 500 steps "
+        "with k = 10.", 500, preset="fast")
 
 
 def face() -> Workflow:
@@ -528,6 +529,39 @@ def adm_segmentation_inpainting() -> Workflow:
 TOY_STEPS, TOY_RECURRENCE, TOY_WEIGHT = 20, 4, 100.0
 
 
+# Particles with gradient guidance, as bench/toy-world-particles chose them at the balanced budget (README: Particles)
+PARTICLE_LEVERS = dict(PRESETS["fast"].levers, particles=8, resample_every=4, potential="max", temperature=10.0)
+
+
+def object_location_particles() -> Workflow:
+    settings = Settings(**PARTICLE_LEVERS)
+    workflow = Workflow("sd15_object_location_particles", _note(
+        "OBJECT LOCATION WITH PARTICLES, the object location experiment (paper §4.1, Fig. 6) searched: 8 samples "
+        "of one image run side by side, each guided into the boxes by Faster R-CNN's training loss as the fast "
+        "preset guides, resampled every 4 steps by the boxes the detector finds in them (Object Location Reward), "
+        "and the best one kept (README: Particles).",
+        [SD_FILE, DETECTOR_FILE, TAESD_FILE],
+        f"Object Location Guidance at its defaults (schedule auto, weight {AUTO_WEIGHT:g}). The options node holds "
+        "the fast preset's levers (FreeDoM's step, k = 4 in the first 40% of the steps, the gradient at x0, weight "
+        "×0.5) and the particles: 8, resampled every 4 steps by FK steering's max potential at λ = 10. 10 DDIM "
+        "steps, cfg 1.5 with the text prompt; TAESD decodes x0 for the guidance and the reward. Set "
+        "return_particles on the options node to see all 8, the best first."))
+    sd = _stable_diffusion(workflow, "a headshot of a woman with a dog")
+    detector = workflow.add("UGDObjectDetectorLoader", weights=AUTO)
+    guidance = workflow.add("UGDObjectLocationGuidance", "Object Location Guidance (defaults: auto)",
+                            detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions")
+    reward = workflow.add("UGDObjectLocationReward", "Object Location Reward (scores the particles)",
+                          detector=detector[0], boxes=EXAMPLE_BOXES, units="fractions")
+    both = workflow.add("UGDCombineGuidance", guidance_1=guidance[0], guidance_2=reward[0])
+    options = workflow.add("UGDGuidanceOptions", "Options (fast preset's levers, 8 particles)", **PARTICLE_LEVERS)
+    decoder = workflow.add("VAELoader", "Guidance decoder (TAESD)", vae_name="taesd")
+    _sample_and_save(workflow, sd, both[0], "ugd_object_location_particles", steps=PRESETS["fast"].steps, cfg=1.5,
+                     recurrence=settings.recurrence, terms=[dict(weight=AUTO_WEIGHT), dict(reward_only=True)],
+                     guide=None, guidance_vae=decoder[0], options=options[0], settings=settings,
+                     title="Universal Guided KSampler (8 particles)")
+    return workflow
+
+
 def toy_world_segmentation() -> Workflow:
     workflow = Workflow("toy_world_segmentation_guidance", _note(
         "TOY WORLD SEGMENTATION GUIDANCE: the paper's segmentation experiment (paper §4.1, Fig. 4) in the pack's own "
@@ -564,8 +598,8 @@ def toy_world_segmentation() -> Workflow:
 
 
 WORKFLOWS = (toy_world_segmentation, clip_text, segmentation, face, object_location, style, unconditional_clip,
-             unconditional_object_location, unconditional_segmentation_inpainting, segmentation_fast, adm_clip,
-             adm_object_location, adm_segmentation_inpainting)
+             unconditional_object_location, unconditional_segmentation_inpainting, segmentation_fast,
+             object_location_particles, adm_clip, adm_object_location, adm_segmentation_inpainting)
 
 
 def build_all(object_info: dict) -> dict[str, dict]:

@@ -115,9 +115,11 @@ def panels(name: str, prompt: dict, width: int, height: int) -> list[tuple[Image
         if node["class_type"] == "UGDCLIPTextGuidance":
             found.append((text_panel(node["inputs"]["text"], width, height), "the CLIP text"))
     location = [n for n in nodes if n["class_type"] == "UGDObjectLocationGuidance"]
+    particles = max([n["inputs"]["particles"] for n in nodes if n["class_type"] == "UGDGuidanceOptions"], default=1)
     if location:
         found.append((boxes_panel(location[0]["inputs"]["boxes"], location[0]["inputs"]["units"], width, height),
-                      "the boxes to place" + (", forward vs forward + backward" if len(location) > 1 else "")))
+                      "the boxes to place" + (", forward vs forward + backward" if len(location) > 1 else "")
+                      + (f", best of {particles} particles" if particles > 1 else "")))
     if not found:
         raise ValueError(f"{name}: no target to draw; teach panels() its guidance")
     return found
