@@ -64,8 +64,10 @@ def log_potentials(rewards: torch.Tensor, kind: str, temperature: float) -> torc
 
 
 def resampling_weights(log_g: torch.Tensor, particles: int) -> torch.Tensor:
-    """(images, particles) weights, each image's particles' G normalised, from particle-major log G."""
-    return torch.softmax(log_g.reshape(particles, -1).T, dim=1)
+    """(images, particles) weights, each image's particles' G normalised, from particle-major log G; a particle
+    whose loss was not finite weighs 0, and an image with no finite one keeps its particles evenly."""
+    log_g = torch.nan_to_num(log_g.reshape(particles, -1).T, nan=-math.inf, posinf=-math.inf)
+    return torch.nan_to_num(torch.softmax(log_g, dim=1), nan=1 / particles)
 
 
 def draw_ancestors(weights: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -183,7 +185,7 @@ class Particles:
         step, their mean over the images)."""
         if self.count == 1:
             return x, {}
-        reward = self.reward(guide, x, x0, a, b).reshape(self.count, self.images)
+        reward = torch.nan_to_num(self.reward(guide, x, x0, a, b), nan=-math.inf).reshape(self.count, self.images)
         rows = reward.argsort(dim=0, descending=True) * self.images + torch.arange(self.images)  # (rank, image)
         path: dict[str, dict[int, float]] = {}
         for step, losses in self.lines:

@@ -182,6 +182,9 @@ def test_the_potentials_and_weights_follow_fk_steering():
     # particle-major: rows 0, 2 are image 0's particles, rows 1, 3 image 1's
     weights = resampling_weights(torch.tensor([0.0, 1.0, math.log(3.0), 1.0]), particles=2)
     assert torch.allclose(weights, torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
+    # a non-finite loss weighs 0; an image with none finite keeps its particles evenly
+    weights = resampling_weights(torch.tensor([math.nan, math.nan, 1.0, math.nan]), particles=2)
+    assert torch.allclose(weights, torch.tensor([[0.0, 1.0], [0.5, 0.5]]))
 
 
 def test_systematic_and_multinomial_draws_and_rows_stay_within_each_image():
