@@ -92,6 +92,9 @@ class Setting:
     guided: bool = True
     preset: str = "custom"
     node_defaults: bool = False  # the guidance nodes at their defaults, what a user gets, in place of the task's
+    reward_only: bool = False  # every term only scores particles (Guidance as Particle Reward)
+    sampler: str = "ddim"  # the sampler's base step; particles alone need ddpm's noise to tell them apart
+    box_reward: bool = False  # location: particles scored by the detected boxes (Object Location Reward) instead
 
 
 def paper_with(name: str, **levers) -> Setting:
@@ -213,11 +216,27 @@ class Toy:
             else:
                 guidance = self.guidance(task, task_targets,
                                          **method_terms(task, setting.levers.method, setting.method_strength))
-            samples = self.call("UGDGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler_name="ddim",
+            if setting.reward_only:
+                guidance = tuple(dataclasses.replace(term, reward_only=True) for term in guidance)
+            if setting.box_reward and task == "location":
+                guidance = (() if setting.reward_only else guidance) + self.box_reward(task_targets)
+            samples = self.call("UGDGuidedKSampler", "sample", vae=vae, guidance=guidance, sampler_name=setting.sampler,
                                 guidance_vae=cheap_vae if setting.cheap_decoder else vae, preset=setting.preset,
                                 options=setting.levers, **common)[0]
         with torch.inference_mode():
             return vae.decode(samples["samples"]).movedim(-1, 1).clone()
+
+    def box_reward(self, task_targets: Sequence) -> tuple:
+        """Object Location Reward for the batch, sample i scored against target i's boxes."""
+        boxes = "\n---\n".join("\n".join(f"{shape} {' '.join(f'{v:.4f}' for v in box)}" for shape, box in t.boxes)
+                               for t in task_targets)
+        return self.call("UGDObjectLocationReward", "reward", detector=self.detector, boxes=boxes, units="fractions")[0]
+
+    def guide_loss(self, task: str, task_targets: Sequence, images: torch.Tensor) -> torch.Tensor:
+        """Per image, the guidance networks' own loss (the nodes' defaults, summed over the terms): what particles
+        select on, beside the held-out evaluators' score."""
+        with torch.inference_mode():
+            return sum(term.loss.bind(images.device)(images) for term in self.guidance(task, task_targets, defaults=True))
 
     def score(self, task: str, task_targets: Sequence, images: torch.Tensor) -> torch.Tensor:
         """Per image, the held-out evaluator's score of image i against target i."""
@@ -283,13 +302,14 @@ def row_samples(task: str, half: str, target_count: int, seed_count: int) -> tup
 def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setting: Setting, half: str,
             target_count: int, seed_count: int) -> dict:
     task_targets, seed_count = row_samples(task, half, target_count, seed_count)
-    scores, errors, images_all, seconds = [], [], [], 0.0
+    scores, guide_losses, errors, images_all, seconds = [], [], [], [], 0.0
     with toy.pass_counts.recording() as counts:
         for seed in splits.sampling_seeds(half, seed_count):
             start = time.time()
             images = toy.sample(model, task, task_targets, setting, seed)
             seconds += time.time() - start
             scores.append(toy.score(task, task_targets, images))
+            guide_losses.append(toy.guide_loss(task, task_targets, images))
             errors.append(evaluation.denoising_error(toy.models["eps"][0].model, toy.models[model][1], images))
             images_all.append(images)
     samples = len(task_targets) * seed_count
@@ -303,7 +323,7 @@ def run_row(toy: Toy, features, real: torch.Tensor, model: str, task: str, setti
     return dict(model=model, task=task, setting=setting.name, mean=float(table.mean()), interval=bootstrap_interval(table),
                 samples=samples, denoising_error=float(torch.cat(errors).mean()), kid=kid, kid_spread=kid_spread,
                 sd15_cost=cost, seconds=seconds / samples, passes=per_sample.as_dict(), autocast=setting.levers.autocast,
-                scores=table.tolist())
+                scores=table.tolist(), guide_loss=float(torch.cat(guide_losses).mean()))
 
 
 # Each task's own best weight_scale at the balanced preset's method and levers, on the tuning half (the presets
