@@ -139,9 +139,8 @@ def choose(args) -> None:
              "| setting | within budget | worst | mean | " + " | ".join(f"{m} {t}" for m, t in pairs) + " |",
              "|---|---|---|---|" + "---|" * len(pairs)]
     for c in ranked:
-        cells = {(r["model"], r["task"]): f"{r['retention']:.0%} ({r['mean']:.3g}, {r['cost']:.2f}×)" for r in c["rows"]}
         lines.append(f"| {c['name']} | {'yes' if c['within'] else 'no'} | {c['worst']:.0%} | {c['mean']:.0%} | "
-                     + " | ".join(cells[p] for p in pairs) + " |")
+                     f"{presets.retention_cells(c['rows'], pairs)} |")
         print(f"- {c['name']}: worst {c['worst']:.0%}, mean {c['mean']:.0%}, within {c['within']}")
     lines += ["", "Location, scored by the detector's training loss (the rows above) or by the detected boxes (Object "
               "Location Reward, `, box reward`): retention on each model.", "",

@@ -209,6 +209,12 @@ def search(args) -> None:
                       f"({(time.time() - started) / 60:.1f} min)", flush=True)
 
 
+def retention_cells(rows: list[dict], pairs: list[tuple[str, str]]) -> str:
+    """A ranking table's cells, one per (model, task) pair: the retention, then the score and the counted cost."""
+    cells = {(r["model"], r["task"]): f"{r['retention']:.0%} ({r['mean']:.3g}, {r['cost']:.2f}×)" for r in rows}
+    return " | ".join(cells[p] for p in pairs)
+
+
 def choose(args) -> None:
     """Print the ranking's top and write every candidate run, ranked, to <budget>.md beside the rows."""
     ranked = ranking(args.budget, args.models)
@@ -223,8 +229,7 @@ def choose(args) -> None:
              "| candidate | worst | mean | " + " | ".join(f"{m} {t}" for m, t in pairs) + " |",
              "|---|---|---|" + "---|" * len(pairs)]
     for c in ranked:
-        cells = {(r["model"], r["task"]): f"{r['retention']:.0%} ({r['mean']:.3g}, {r['cost']:.2f}×)" for r in c["rows"]}
-        lines.append(f"| {c['name']} | {c['worst']:.0%} | {c['mean']:.0%} | " + " | ".join(cells[p] for p in pairs) + " |")
+        lines.append(f"| {c['name']} | {c['worst']:.0%} | {c['mean']:.0%} | {retention_cells(c['rows'], pairs)} |")
     ranked_names = {c["name"] for c in ranked}
     others = [(name, rows) for name, rows in evaluated(args.budget, args.models).items() if name not in ranked_names]
     if others:
