@@ -62,13 +62,22 @@ def _through_denoiser(guide: Guide, x, sigma, terms: Sequence[ForwardTerm], a: f
 
     def compute():
         x_in = x.detach().clone().requires_grad_(True)
+        sigma_in = sigma.clone()  # patches multiply x by σ, and autograd cannot save an inference-mode σ
         with guide.precision.autocast():
             if guide.gradient == "unconditional":
-                x0, guided_x0 = guide.unconditional(x_in, sigma)
+                x0, guided_x0 = guide.unconditional(x_in, sigma_in)
             else:
-                x0 = guided_x0 = guide.denoise(x_in, sigma)
+                x0 = guided_x0 = guide.denoise(x_in, sigma_in)
+            guide.gradient_check.output(guided_x0)
             losses = _losses(guide, guide.decode(guided_x0), terms)
-        step = _step(guide, losses, x_in, lambda g: g, noise_rms(x, x0.detach(), a, b))
+
+        def at_x0():  # the loss's own gradient, without the denoiser: what a blocked gradient is told apart by
+            x0_in = guided_x0.detach().clone().requires_grad_(True)
+            losses_at_x0 = _losses(guide, guide.decode(x0_in), terms)
+            return guide.precision.gradient(sum(t.size * loss for t, loss in losses_at_x0), x0_in)
+
+        step = _step(guide, losses, x_in, lambda g: g, noise_rms(x, x0.detach(), a, b),
+                     check=lambda grad: guide.gradient_check.gradient(grad, at_x0, guide.update_mask is not None))
         return x0.detach().to(x.dtype), step.detach()
 
     return guide.differentiate(compute)
@@ -114,11 +123,14 @@ def _losses(guide: Guide, image: torch.Tensor, terms: Sequence[ForwardTerm]) -> 
 
 
 def _gradient(guide: Guide, losses: Sequence[tuple[GuidanceTerm, torch.Tensor]], leaf: torch.Tensor,
-              more_follow: bool) -> torch.Tensor:
+              more_follow: bool, check: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """∇_leaf of the sum of [(term, loss)], leaving out terms whose gradient is not finite (with a warning). The
-    graph is kept for the culprit search and, if `more_follow`, for the backward passes after this one."""
+    graph is kept for the culprit search and, if `more_follow`, for the backward passes after this one. `check`
+    sees the full gradient first (a non-finite one under autocast is seen again in full precision)."""
     retain = more_follow or len(losses) > 1
     grad = guide.precision.gradient(sum(loss for _, loss in losses), leaf, retain_graph=retain)
+    if check is not None and not (guide.precision.reduced and not torch.isfinite(grad).all()):
+        check(grad)
     if guide.precision.finite(grad):
         return grad
     grad = torch.zeros_like(leaf)  # find the culprit; keep the others
@@ -132,15 +144,16 @@ def _gradient(guide: Guide, losses: Sequence[tuple[GuidanceTerm, torch.Tensor]],
 
 
 def _step(guide: Guide, losses: Sequence[tuple[ForwardTerm, torch.Tensor]], leaf: torch.Tensor,
-          project: Callable[[torch.Tensor], torch.Tensor], rms_noise: torch.Tensor) -> torch.Tensor:
+          project: Callable[[torch.Tensor], torch.Tensor], rms_noise: torch.Tensor,
+          check: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Σ c_i·g_i, g_i = project(∇_leaf ℓ_i): the plain terms' in one backward pass, each rescaled term's in one of
-    its own, rescaled to RMS(ε̂) per sample."""
+    its own, rescaled to RMS(ε̂) per sample; `check` sees each raw gradient."""
     plain = [(t.term, t.size * loss) for t, loss in losses if not t.rescaled]
     rescaled = [(t, loss) for t, loss in losses if t.rescaled]
     step = torch.zeros_like(leaf)
     if plain:
-        step = step + project(_gradient(guide, plain, leaf, more_follow=bool(rescaled)))
+        step = step + project(_gradient(guide, plain, leaf, more_follow=bool(rescaled), check=check))
     for i, (t, loss) in enumerate(rescaled):
-        grad = project(_gradient(guide, [(t.term, loss)], leaf, more_follow=i < len(rescaled) - 1))
+        grad = project(_gradient(guide, [(t.term, loss)], leaf, more_follow=i < len(rescaled) - 1, check=check))
         step = step + t.size * rms_noise * grad / _rms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
     return step

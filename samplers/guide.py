@@ -10,6 +10,7 @@ import torch
 
 from .autograd_safety import Autograd
 from .decoding import Decode
+from .gradient_check import GradientCheck
 from .precision import GuidancePrecision
 from .terms import BoundLoss, GuidanceTerm
 
@@ -55,6 +56,7 @@ class Guide:
     precision: GuidancePrecision = dataclasses.field(default_factory=GuidancePrecision)
     autograd: Autograd = dataclasses.field(default_factory=Autograd)
     warn: WarnOnce = dataclasses.field(default_factory=WarnOnce)
+    gradient_check: GradientCheck = dataclasses.field(default_factory=GradientCheck)
 
     def __post_init__(self):
         if self.gradient not in GRADIENT_PATHS:
