@@ -97,21 +97,46 @@ def checkpoint_blocks(base_model, vae) -> list[torch.nn.Module]:
     return blocks
 
 
-def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, other_vaes=()):
-    """Load the UNet, the VAE (and any other VAE guidance decodes with) and the guidance networks, make them
-    autograd-safe, and build the decoder.
+def control_networks(*cond_lists) -> list[torch.nn.Module]:
+    """The networks of every ControlNet or T2I adapter in these lists of conds, along each one's chain: the
+    guidance gradient goes through them too."""
+    networks = []
+    for conds in cond_lists:
+        for cond in conds or ():
+            control = cond.get("control") if isinstance(cond, dict) else None
+            while control is not None:
+                networks += [m for m in (getattr(control, "control_model", None), getattr(control, "t2i_model", None))
+                             if isinstance(m, torch.nn.Module)]
+                control = getattr(control, "previous_controlnet", None)
+    return networks
 
-    `model` is the denoiser ComfyUI hands a sampler function. Returns (base model, extra_args, decode).
-    """
-    base_model = model.inner_model.inner_model
-    extra_args = _normal_copies(model, extra_args)
+
+def sampler_conds(model, extra_args) -> list:
+    """The conds of a sampler function's run: the guider's (ComfyUI since 2024-04) or extra_args' (before)."""
+    conds = getattr(model.inner_model, "conds", None) or {}
+    return [*conds.values(), *(extra_args.get(key) for key in ("cond", "uncond"))]
+
+
+def load_for_guidance(base_model, x_shape, guidance, vae, other_vaes=(), controls=()):
+    """Check the guidance against the latent, load the UNet, the VAE (and any other VAE guidance decodes with) and
+    the guidance networks in one call, make them and the ControlNets' networks autograd-safe, and build the
+    decoder."""
     check_guidance(guidance, x_shape, vae)
     patcher, networks = _patcher_of(base_model), guidance_patchers(guidance)
     vaes = [vae, *(other for other in other_vaes if other is not vae)]
     comfy.model_management.load_models_gpu(([patcher] if patcher else []) + [v.patcher for v in vaes] + networks)
-    for module in [base_model] + [v.first_stage_model for v in vaes] + [p.model for p in networks]:
+    for module in [base_model, *controls] + [v.first_stage_model for v in vaes] + [p.model for p in networks]:
         make_autograd_safe(module)
     if getattr(comfy.model_management, "sage_attention_enabled", lambda: False)():
         log.warning("Universal guidance: SageAttention has no backward pass, so the guidance gradient loses the "
                     "attention layers' share. Start ComfyUI without --use-sage-attention for exact guidance.")
-    return base_model, extra_args, make_decoder(base_model, vae)
+    return make_decoder(base_model, vae)
+
+
+def prepare_guided_sampling(model, x_shape, extra_args, guidance, vae, other_vaes=()):
+    """`load_for_guidance` for the denoiser ComfyUI hands a sampler function, with the inference-mode constants it
+    multiplies x with cloned. Returns (base model, extra_args, decode)."""
+    base_model = model.inner_model.inner_model
+    controls = control_networks(*sampler_conds(model, extra_args or {}))
+    extra_args = _normal_copies(model, extra_args)
+    return base_model, extra_args, load_for_guidance(base_model, x_shape, guidance, vae, other_vaes, controls)

@@ -1,7 +1,7 @@
-"""Tiny random-weight stand-ins of SDXL, SD3 and Flux, built from ComfyUI's own model classes.
+"""Tiny random-weight stand-ins of SDXL (and its refiner), SD3 and Flux, built from ComfyUI's own model classes.
 
 Each gives a MODEL, a VAE of the family's latent channels, and positive and negative conditioning shaped as the
-family's text encoders give it (SDXL's pooled vector and size conditioning, SD3's pooled vector, Flux's pooled
+family's text encoders give it (SDXL's pooled vector and size conditioning, the refiner's aesthetic score, SD3's pooled vector, Flux's pooled
 vector and guidance input), so that a guided run through each family's real conditioning path can be tried
 where no model files exist. Their images are noise-like and mean nothing.
 """
@@ -30,6 +30,15 @@ FAMILIES = {
                          "adm_in_channels": 2816, "num_classes": "sequential", "use_spatial_transformer": True,
                          "legacy": False,
                          "use_temporal_attention": False, "use_temporal_resblock": False, "use_checkpoint": False}),
+    "sdxl_refiner": dict(model="SDXLRefiner", latent_channels=4, context=64, pooled=1280,
+                         extra=dict(width=256, height=256, aesthetic_score=6.0),
+                         config={"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+                                 "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [0, 1],
+                                 "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1,
+                                 "context_dim": 64, "num_head_channels": 16, "use_linear_in_transformer": True,
+                                 "adm_in_channels": 2560, "num_classes": "sequential",
+                                 "use_spatial_transformer": True, "legacy": False, "use_temporal_attention": False,
+                                 "use_temporal_resblock": False, "use_checkpoint": False}),
     "sd3": dict(model="SD3", latent_channels=16, context=32, pooled=32, extra={},
                 config={"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
                         "pos_embed_max_size": 16, "num_patches": 256, "adm_in_channels": 32,

@@ -89,16 +89,26 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
                 p.copy_(torch.ones_like(p) if p.ndim == 1 and name.endswith("weight") else torch.zeros_like(p))
             else:
                 fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) / fan_in**0.5)
+                p.copy_((torch.randn(p.shape, generator=generator, dtype=torch.float32) / fan_in**0.5).to(p))
     return module
 
 
-def stand_in_model(seed: int, model_config=None):
-    """A random-weight MODEL of a ComfyUI supported-model config (default: SD 1.5's, at UNET_CONFIG's size)."""
-    model_config = model_config or comfy.supported_models.SD15(dict(UNET_CONFIG))
+# UNETLoader's weight_dtype choices
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def stand_in_model(seed: int, model_config=None, weight_dtype: str = "default", model_channels: int | None = None):
+    """A random-weight MODEL of a ComfyUI supported-model config (default: SD 1.5's, at UNET_CONFIG's size, or with
+    `model_channels`), its weights stored in `weight_dtype` and cast per call as UNETLoader's weight_dtype does."""
+    model_config = model_config or comfy.supported_models.SD15(
+        {**UNET_CONFIG, "model_channels": model_channels or UNET_CONFIG["model_channels"]})
+    device = comfy.model_management.get_torch_device()
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if dtype is not None:
+        model_config.set_inference_dtype(dtype, comfy.model_management.unet_manual_cast(
+            dtype, device, model_config.supported_inference_dtypes))
     base = model_config.get_model({})
     randomize(base.diffusion_model, seed)
-    device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=comfy.model_management.unet_offload_device())
 
 
@@ -134,11 +144,19 @@ class StandInCheckpoint(LoaderNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})}}
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights."})},
+                "optional": {
+                    "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default", "tooltip": (
+                        "The UNet's weights stored in this type and cast per call, as UNETLoader's weight_dtype does.")}),
+                    "model_channels": ("INT", {"default": UNET_CONFIG["model_channels"], "min": 32, "max": 320,
+                                               "step": 32, "tooltip": (
+                        "The UNet's first width; 64 or more lets a ControlNet, whose attention ComfyUI builds with "
+                        "64-channel heads, be made for it.")})}}
 
-    def load(self, seed):
+    def load(self, seed, weight_dtype="default", model_channels=UNET_CONFIG["model_channels"]):
         log.warning("Using STAND-IN models with random weights: the images will not mean anything.")
-        return (stand_in_model(seed), stand_in_clip(seed), stand_in_vae(seed))
+        return (stand_in_model(seed, weight_dtype=weight_dtype, model_channels=model_channels), stand_in_clip(seed),
+                stand_in_vae(seed))
 
 
 def stand_in_adm_model(seed: int, class_conditional: bool = False):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import graphs
 from comfy_server import ComfyServer, ServerEvents
 
-FAULT_NODES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_nodes")
+CUSTOM_NODES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "custom_nodes")
 CLIENT = "ugd-reliability"
 
 
@@ -24,7 +24,7 @@ def server():
     path = os.environ.get("COMFYUI_PATH")
     if not path:
         pytest.fail("Set COMFYUI_PATH to a ComfyUI checkout (tools/test does).")
-    comfy_server = ComfyServer(path, extra_custom_nodes=(FAULT_NODES,))
+    comfy_server = ComfyServer(path, extra_custom_nodes=(CUSTOM_NODES,))
     yield comfy_server
     comfy_server.close()
 

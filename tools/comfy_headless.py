@@ -74,10 +74,11 @@ class ComfyHost:
 
     def __init__(self, comfyui_path: str, output_dir: str | None = None, input_dir: str | None = None,
                  extra_model_paths: list[str] | None = None, cli_args: tuple[str, ...] = ("--cpu",),
-                 developer_nodes: bool = True):
+                 developer_nodes: bool = True, extra_custom_nodes: tuple[str, ...] = ()):
         """extra_model_paths: ComfyUI's extra_model_paths.yaml files; by default the ComfyUI's own, if it has one.
         cli_args: ComfyUI's command-line options (main.py's), by default CPU only. developer_nodes: register the
-        pack's stand-ins, as its tools and tests want (DEVELOPER_NODES)."""
+        pack's stand-ins, as its tools and tests want (DEVELOPER_NODES). extra_custom_nodes: folders of other
+        custom nodes to install beside the pack."""
         self.path = os.path.abspath(comfyui_path)
         if not os.path.isfile(os.path.join(self.path, "execution.py")):
             raise FileNotFoundError(f"No ComfyUI at {self.path}: set COMFYUI_PATH to a ComfyUI checkout.")
@@ -100,6 +101,8 @@ class ComfyHost:
 
         self.custom_nodes_dir = tempfile.mkdtemp(prefix="ugd_custom_nodes_")
         os.symlink(PACK_DIR, os.path.join(self.custom_nodes_dir, PACK_MODULE))
+        for folder in extra_custom_nodes:
+            os.symlink(folder, os.path.join(self.custom_nodes_dir, os.path.basename(folder)))
         folder_paths.add_model_folder_path("custom_nodes", self.custom_nodes_dir)
         self.output_dir = output_dir or tempfile.mkdtemp(prefix="ugd_output_")
         os.makedirs(self.output_dir, exist_ok=True)

@@ -1,8 +1,12 @@
-"""A test-only custom node for the server reliability tests: a guidance whose network raises, or returns NaN,
-at every call. The server of tests/test_server_reliability.py installs it beside the pack."""
+"""Test-only custom nodes, installed beside the pack by the tests' ComfyUI (tests/conftest.py) and server
+(tests/test_server_reliability.py): a guidance whose network raises, or returns NaN, at every call; a MODEL
+pass-through that runs after a given LATENT (to order a graph's samplers); and another pack's
+model_function_wrapper, which counts its calls."""
 from __future__ import annotations
 
 import sys
+
+import torch
 
 
 def _pack_module(name: str):
@@ -40,4 +44,45 @@ class FaultyGuidance:
                                     backward_steps=backward_steps),),)
 
 
-NODE_CLASS_MAPPINGS = {"UGDTestFaultyGuidance": FaultyGuidance}
+class ModelAfter:
+    """The MODEL, unchanged, once `after` exists: a sampler fed by it runs after the sampler that made `after`."""
+
+    CATEGORY = "universal_guidance/tests"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "after"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "after": ("LATENT",)}}
+
+    def after(self, model, after):
+        return (model,)
+
+
+WRAPPER_CALLS = [0, 0]  # how often OtherWrapper's wrapper ran in this process, and how often with autograd on
+
+
+class OtherWrapper:
+    """Another pack's model_function_wrapper on the MODEL, counting its calls in WRAPPER_CALLS."""
+
+    CATEGORY = "universal_guidance/tests"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    def patch(self, model):
+        def wrapper(apply_model, args):
+            WRAPPER_CALLS[0] += 1
+            WRAPPER_CALLS[1] += int(torch.is_grad_enabled())
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        model = model.clone()
+        model.set_model_unet_function_wrapper(wrapper)
+        return (model,)
+
+
+NODE_CLASS_MAPPINGS = {"UGDTestFaultyGuidance": FaultyGuidance, "UGDTestModelAfter": ModelAfter,
+                       "UGDTestOtherWrapper": OtherWrapper}
