@@ -11,6 +11,7 @@ that one w serves every loss. The manifold projection through the autoencoder is
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ..backward_guidance import mean_guidance
 from ..forward_guidance import ForwardTerm, forward_guidance
@@ -21,11 +22,17 @@ def prepare(settings, alpha_steps):
     return guided_pass
 
 
+def x0_update(guide, x, sigma, active, a: float, b: float):
+    """(x̂0, x0' − x̂0): the auto terms' single step and the other terms' N_iter steps of size μ/√ᾱ_t."""
+    auto = [ForwardTerm(t, fn, forward_guidance_scale("auto", t.weight, a, b), rescaled=True)
+            for t, fn in active if t.schedule == "auto"]
+    x0, step = forward_guidance(dataclasses.replace(guide, gradient="x0_only"), x, sigma, auto, a, b)
+    over_sqrt_alpha_bar = math.hypot(a, b) / a if a > 0 else 0.0
+    raw = [(t, fn) for t, fn in active if t.schedule != "auto"]
+    delta = mean_guidance(guide, x0, raw, lambda term: term.backward_lr * over_sqrt_alpha_bar)
+    return x0, delta - step
+
+
 def guided_pass(p):
-    auto = [ForwardTerm(t, fn, forward_guidance_scale("auto", t.weight, p.a, p.b), rescaled=True)
-            for t, fn in p.active if t.schedule == "auto"]
-    x0, step = forward_guidance(dataclasses.replace(p.guide, gradient="x0_only"), p.x, p.sigma, auto, p.a, p.b)
-    over_sqrt_alpha_bar = p.radius / p.a if p.a > 0 else 0.0
-    raw = [(t, fn) for t, fn in p.active if t.schedule != "auto"]
-    delta = mean_guidance(p.guide, x0, raw, lambda term: term.backward_lr * over_sqrt_alpha_bar)
-    return p.base_step(x0) + p.a_next * (delta - step), x0
+    x0, update = x0_update(p.guide, p.x, p.sigma, p.active, p.a, p.b)
+    return p.base_step(x0) + p.a_next * update, x0
