@@ -27,7 +27,7 @@ The rows do not depend on which worker runs them; only the wall time per sample 
 --autocast bf16 runs the guided rows' passes under the sampler's own bf16 autocast (its `autocast` input); the
 rows record it, and --resume runs again a row saved under another autocast. Unguided rows run as they are.
 
-The tuning half is for choosing settings; tables for the README come from the report half (toy_world/splits.py).
+The tuning half is for choosing settings; tables for the README and docs/ come from the report half (toy_world/splits.py).
 The guidance weights are those of bench/toy-world-quality: hand-picked on seeds 42-49, not on either half.
 """
 from __future__ import annotations
@@ -528,6 +528,31 @@ def preset_table(results: list[dict]) -> str:
         unit = " dB" if task == "inpainting" else ""
         lines.append(f"| {model} | {task} | {paper['mean']:.3f}{unit}, {paper['sd15_cost']:.1f}× | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def preset_summary(results: list[dict]) -> list[str]:
+    """The README's presets table: per preset, over the task/model pairs with paper mode and unguided rows, its
+    counted cost (× an unguided 20-step run, and as a share of paper mode's) and the share of paper mode's gain it
+    keeps (median and range); tests/test_docs.py holds the README to these lines."""
+    rows = {row_key(r): r for r in results}
+    pairs = [(m, t) for m in MODELS for t in TASKS
+             if (m, t, UNGUIDED.name) in rows and (m, t, PAPER.name) in rows]
+    lines = []
+    for name in ("fast", "balanced", "quality"):
+        found = [(rows[(m, t, f"{name} preset")], rows[(m, t, UNGUIDED.name)], rows[(m, t, PAPER.name)])
+                 for m, t in pairs if (m, t, f"{name} preset") in rows]
+        if not found:
+            continue
+        costs = [row["sd15_cost"] for row, _, _ in found]
+        shares = [row["sd15_cost"] / paper["sd15_cost"] for row, _, paper in found]
+        kept = sorted((row["mean"] - unguided["mean"]) / (paper["mean"] - unguided["mean"])
+                      for row, unguided, paper in found)
+        median = (kept[(len(kept) - 1) // 2] + kept[len(kept) // 2]) / 2
+        lines.append(f"| `{name}` | {min(costs):.2f}× to {max(costs):.2f}× ({min(shares):.2f} to {max(shares):.2f} of "
+                     f"paper mode's) | {median:.0%} ({kept[0]:.0%} to {kept[-1]:.0%}) | {len(found)} |")
+    papers = [rows[(m, t, PAPER.name)]["sd15_cost"] for m, t in pairs]
+    lines.append(f"| `paper` | {min(papers):.1f}× to {max(papers):.1f}× | 100% by definition | {len(pairs)} |")
+    return lines
 
 
 def paired_interval(row: dict, other: dict) -> tuple[float, float]:

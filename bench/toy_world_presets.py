@@ -19,7 +19,7 @@ in SCALES; `fine` takes the two best coarse (method, weight_scale) pairs through
 the best one with its weight_scale ×√2 and ÷√2; `polish` gives the best candidate so far polish_steps in POLISH,
 which act on inpainting alone (its other tasks' rows are the candidate's own, reused); `strength`, for the
 balanced budget, the chosen candidate at other weight_scales (STRENGTH_FACTORS), which give each task's own best
-strength beside the default one (README: defaults). Candidates over the budget on some task are not run (their cost is
+strength beside the default one (docs/presets-speed-memory.md: Defaults). Candidates over the budget on some task are not run (their cost is
 counted on a stand-in first). Every row lands in bench/frontier/presets/<budget>_<model>.json; `choose` joins the
 models and prints the ranking. Run one process per model (`--models eps`, `--models flow`) to use both cores.
 """

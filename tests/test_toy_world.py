@@ -87,7 +87,7 @@ def test_the_cheap_vae_guides_as_the_sampler_s_guidance_vae_and_leaves_both_vaes
 
 @functools.cache
 def held_out_scores(role: str) -> dict:
-    """The scores the README's network table gives, on the 256 test scenes that no network trained on."""
+    """The scores docs/toy-world.md's network table gives, on the 256 test scenes that no network trained on."""
     scenes = [data.scene(seed) for seed in splits.TEST_SEEDS]
     images, maps = data.batch(splits.TEST_SEEDS)
     labels = [networks.labels(s) for s in scenes]
