@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -46,7 +45,6 @@ WEIGHTS_GB = {"sdxl": {"fp16": 2.567e9 * 2 / 1e9}, "flux": {"fp8": 11.9, "bf16":
 CONTEXT_GB, GUIDANCE_NETWORK_GB = 1.0, 0.3  # CUDA context; CLIP ViT-B/16 in fp16
 GPUS_GB = (12, 16, 24)
 DTYPE = None  # torch.bfloat16, set once torch is imported
-DECODER_BLOCKS = ("ResnetBlock", "AttnBlock", "Block")  # the VAE's and TAESD's, as nodes/host_models.py checkpoints
 
 
 class FusedAttention:
@@ -81,7 +79,7 @@ def saved_bytes(torch, model, args, blocks=()) -> int:
     """Bytes autograd saves in `model(*args)`, each storage once. With checkpointed `blocks`, what a block saves
     inside itself is not kept; its inputs are, and its own saves come back one block at a time in the backward
     pass, so the most any one block saves is added."""
-    storages, inputs, inside, spans = {}, {}, [0], {}
+    storages, inputs, inside, peak, starts = {}, {}, [0], [0], {}
 
     def size(t):
         return t.numel() * t.element_size()
@@ -91,15 +89,15 @@ def saved_bytes(torch, model, args, blocks=()) -> int:
         return t
 
     def enter(module, a):
-        spans[module] = sum(storages.values())
+        starts[module] = sum(storages.values())
         for t in a:
             if torch.is_tensor(t) and t.requires_grad:
                 inputs.setdefault(id(t), size(t))
 
     def leave(module, a, out):
-        own = sum(storages.values()) - spans.pop(module)
+        own = sum(storages.values()) - starts.pop(module)
         inside[0] += own
-        spans["peak"] = max(spans.get("peak", 0), own)
+        peak[0] = max(peak[0], own)
 
     hooks = [h for b in blocks for h in (b.register_forward_pre_hook(enter), b.register_forward_hook(leave))]
     try:
@@ -111,7 +109,7 @@ def saved_bytes(torch, model, args, blocks=()) -> int:
     total = sum(storages.values())
     if not blocks:
         return total
-    return total - inside[0] + sum(inputs.values()) + spans.get("peak", 0)
+    return total - inside[0] + sum(inputs.values()) + peak[0]
 
 
 def main():
@@ -133,6 +131,10 @@ def main():
     fused = FusedAttention(torch)
     attention.optimized_attention = fused.heads
     outermost_blocks = comfy_host.pack_module("samplers.checkpointing").outermost_blocks
+    checkpointed = comfy_host.pack_module("nodes.host_models").CHECKPOINTED_BLOCKS
+
+    def blocks_of(root):  # what the sampler's checkpointing wraps (nodes/host_models.py)
+        return outermost_blocks(root, lambda m: type(m).__name__ in checkpointed)
 
     ops = comfy.ops.disable_weight_init
     results = {}
@@ -149,10 +151,10 @@ def main():
             with torch.device("meta"):
                 if family == "sdxl":
                     net = UNetModel(**config, device="meta", dtype=DTYPE, operations=ops)
-                    blocks = outermost_blocks(net, lambda m: type(m).__name__ in ("ResBlock", "SpatialTransformer"))
+                    blocks = blocks_of(net)
                 else:
                     net = Flux(**config, device="meta", dtype=DTYPE, operations=ops)
-                    blocks = list(net.double_blocks) + list(net.single_blocks)
+                    blocks = blocks_of(net)
                 vae_config = {**VAE, "z_channels": latent_channels}
                 if size == "stand-in":
                     vae_config.update(ch=32, ch_mult=[1, 2, 2, 2], num_res_blocks=1)
@@ -171,7 +173,7 @@ def main():
                                                                  chosen)
                 for name, scale in (("vae", 1), ("vae_half", 2), ("taesd", 1)):
                     decoder = decoders[name.split("_")[0]]
-                    decoder_blocks = outermost_blocks(decoder, lambda m: type(m).__name__ in DECODER_BLOCKS)
+                    decoder_blocks = blocks_of(decoder)
                     z = torch.empty(1, latent_channels, LATENT // scale, LATENT // scale, dtype=DTYPE,
                                     device="meta", requires_grad=True)
                     parts[f"{name}/{tag}"] = saved_bytes(torch, decoder, (z,),

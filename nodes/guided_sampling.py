@@ -11,14 +11,13 @@ import torch
 import comfy.model_management
 import comfy.samplers
 
-from ..samplers.checkpointing import checkpointed
 from ..samplers.known_pixels import HeldLatent, kept_cells, known_region
 from ..samplers.pass_counts import PassCounts, report
 from ..samplers.progress import LossHistory
 from ..samplers.settings import Settings
 from ..samplers.universal_guidance import sample_universal_guidance
 from .cfg_branches import unconditional_branches
-from .host_models import checkpoint_blocks, make_decoder, prepare_guided_sampling, vae_scale
+from .host_models import checkpointing, make_decoder, prepare_guided_sampling, vae_scale
 from .live_progress import LiveProgress
 from .run_report import counting_unet, log_plan, pass_summary
 
@@ -62,9 +61,8 @@ def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, g
     denoiser, guidance, decode, branches = counts.wrapped(model, guidance, decode, x.shape[-2] * x.shape[-1], branches)
     if held is not None:
         held = dataclasses.replace(held, decode=counts.counted("polish_decoder", held.decode, x.shape[-2] * x.shape[-1]))
-    blocks = checkpoint_blocks(base_model, vae) if settings.checkpointing else []
     try:
-        with checkpointed(blocks), counts.counting_optimizer_steps():
+        with checkpointing(base_model, vae, settings.checkpointing), counts.counting_optimizer_steps():
             samples = sample_universal_guidance(
                 denoiser, x, sigmas, extra_args, callback, disable, guidance=guidance, decode=decode,
                 noise_scaling=noise_scaling, settings=settings,

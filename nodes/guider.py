@@ -5,12 +5,11 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.samplers
 
-from ..samplers.checkpointing import checkpointed
 from ..samplers.guided_denoiser import GuidedDenoiser, unsupported
 from ..samplers.settings import Settings
 from .guidance_options import OPTIONS
-from .guidance_settings import GUIDANCE
-from .host_models import checkpoint_blocks, control_networks, guidance_patchers, load_for_guidance
+from .host_models import checkpointing, control_networks, guidance_patchers, load_for_guidance
+from .sampler_nodes import GUIDANCE_INPUT
 
 # ComfyUI before 2024-04 has no guiders (nor SamplerCustomAdvanced); the node is not registered there.
 HAS_GUIDERS = hasattr(comfy.samplers, "CFGGuider")
@@ -30,9 +29,8 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider if HAS_GUIDERS else object):
         self.guided = GuidedDenoiser(self.guidance, decode, self.inner_model.model_sampling.noise_scaling, sigmas,
                                      self.settings, noise.device, denoise_mask,
                                      comfy.model_management.throw_exception_if_processing_interrupted)
-        blocks = checkpoint_blocks(self.inner_model, self.vae) if self.settings.checkpointing else []
         try:
-            with checkpointed(blocks):
+            with checkpointing(self.inner_model, self.vae, self.settings.checkpointing):
                 return super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, *args,
                                             **kwargs)
         finally:
@@ -65,8 +63,7 @@ class UniversalGuidanceGuider:
                 "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Classifier-free guidance scale, as in CFGGuider."}),
                 "vae": ("VAE", {"tooltip": "Decodes the denoised latent for the guidance loss; TAESD works."}),
-                "guidance": (GUIDANCE, {"tooltip": "What to steer towards: a guidance node's output, or Combine "
-                                                   "Guidance's."}),
+                "guidance": GUIDANCE_INPUT,
             },
             "optional": {"options": (OPTIONS, {"tooltip": (
                 "Levers from a Universal Guidance Options node: method ugd or mpgd, the gradient path, the step "

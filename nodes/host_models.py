@@ -7,6 +7,7 @@ decoding uses `first_stage_model.decode` without a clamp.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -14,12 +15,16 @@ import torch
 import comfy.model_management
 
 from ..samplers.autograd_safety import make_autograd_safe
-from ..samplers.checkpointing import outermost_blocks
+from ..samplers.checkpointing import checkpointed, outermost_blocks
 
 log = logging.getLogger(__name__)
 
-# ComfyUI's blocks that gradient checkpointing wraps: the UNet's, the VAE decoder's and TAESD's.
-CHECKPOINTED_BLOCKS = {"ResBlock", "SpatialTransformer", "ResnetBlock", "AttnBlock", "Block"}
+# ComfyUI's blocks that gradient checkpointing wraps: the UNet's, SD3's and Flux's transformer blocks, the VAE
+# decoder's and TAESD's.
+CHECKPOINTED_BLOCKS = {"ResBlock", "SpatialTransformer", "JointBlock", "DoubleStreamBlock", "SingleStreamBlock",
+                       "ResnetBlock", "AttnBlock", "Block"}
+# Blocks that add into their inputs in place and return them: checkpointing runs them on copies.
+PRIVATE_INPUT_BLOCKS = {"DoubleStreamBlock"}
 
 
 def vae_scale(vae) -> int:
@@ -81,6 +86,15 @@ def _normal_copies(model, extra_args):
             if torch.is_tensor(value):
                 setattr(model, name, value.clone())
         return {k: v.clone() if torch.is_tensor(v) else v for k, v in (extra_args or {}).items()}
+
+
+def checkpointing(base_model, vae, on: bool = True):
+    """The UNet's and the guidance decoder's blocks checkpointed for the guided backward while in the context
+    (samplers/checkpointing.py); nothing is changed if not `on`."""
+    if not on:
+        return contextlib.nullcontext()
+    blocks = checkpoint_blocks(base_model, vae)
+    return checkpointed(blocks, [block for block in blocks if type(block).__name__ in PRIVATE_INPUT_BLOCKS])
 
 
 def checkpoint_blocks(base_model, vae) -> list[torch.nn.Module]:

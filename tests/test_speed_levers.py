@@ -62,6 +62,44 @@ def test_checkpointing_gives_the_same_gradient_and_restores_the_modules():
     assert all("forward" not in block.__dict__ for block in blocks)
 
 
+class InPlaceBlock(torch.nn.Module):
+    """Adds into its input in place and returns it, as Flux's double block does with `txt`; its options dict is
+    changed by the caller after the call, as Flux's model does from block to block."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.linear = torch.nn.Linear(channels, channels)
+
+    def forward(self, x, options):
+        x += options["scale"] * torch.tanh(self.linear(x))
+        return x
+
+
+class InPlaceNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList([InPlaceBlock(8), InPlaceBlock(8)])
+        self.requires_grad_(False)  # as guidance freezes the host's parameters
+
+    def forward(self, x):
+        options = {}
+        x = x * 1.0
+        for i, block in enumerate(self.blocks):
+            options["scale"] = i + 1.0
+            x = block(x=x, options=options)
+        return x
+
+
+def test_checkpointing_a_block_that_changes_its_inputs_in_place_runs_it_on_copies_and_keeps_the_gradient():
+    net, x = InPlaceNet(), torch.randn(2, 5, 8)
+    expected = input_gradient(net, x)
+    with checkpointed(net.blocks, private_inputs=net.blocks):
+        torch.testing.assert_close(input_gradient(net, x), expected, rtol=1e-6, atol=1e-7)
+    with checkpointed(net.blocks), pytest.raises(Exception):  # recomputed from the changed input
+        torch.testing.assert_close(input_gradient(net, x), expected, rtol=1e-6, atol=1e-7)
+
+
 def test_checkpointing_restores_an_earlier_instance_forward_also_after_an_error():
     net = Net()
     block = net.body[0]
