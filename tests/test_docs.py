@@ -90,4 +90,4 @@ def test_the_registry_metadata_names_its_docs_icon_and_accelerators():
     icon = Image.open(os.path.join(PACK_DIR, "docs", "icon.png"))
     assert icon.width == icon.height
     drawn = draw_icon(Image.open(os.path.join(PACK_DIR, "docs", "toy_demo.png")).convert("RGB"))
-    assert list(icon.convert("RGB").getdata()) == list(drawn.getdata())  # the committed icon is the script's
+    assert icon.convert("RGB").tobytes() == drawn.tobytes()  # the committed icon is the script's
