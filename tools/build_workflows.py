@@ -321,7 +321,7 @@ def segmentation_fast() -> Workflow:
         "SEGMENTATION MAP GUIDANCE, FAST PRESET of sd15_segmentation_guidance (paper §4.1, Fig. 4). The fast "
         "preset (FreeDoM's step, 10 steps, a TAESD guidance decoder) was chosen on the pack's toy world, where on "
         "segmentation it keeps 99% (ε model) and 83% (flow model) of paper mode's gain at about 1.25 unguided "
-        "runs (README: Presets); on Stable Diffusion expect a looser fit to the map than the paper's 500 steps "
+        "runs (docs/presets-speed-memory.md, Presets); on Stable Diffusion expect a looser fit to the map than the paper's 500 steps "
         "with k = 10.", 500, preset="fast")
 
 
@@ -529,7 +529,7 @@ def adm_segmentation_inpainting() -> Workflow:
 TOY_STEPS, TOY_RECURRENCE, TOY_WEIGHT = 20, 4, 100.0
 
 
-# Particles with gradient guidance, as bench/toy-world-particles chose them at the balanced budget (README: Particles)
+# Particles with gradient guidance, as bench/toy-world-particles chose them at the balanced budget (docs/particles.md)
 PARTICLE_LEVERS = dict(PRESETS["fast"].levers, particles=8, resample_every=4, potential="max", temperature=10.0)
 
 
@@ -539,7 +539,7 @@ def object_location_particles() -> Workflow:
         "OBJECT LOCATION WITH PARTICLES, the object location experiment (paper §4.1, Fig. 6) searched: 8 samples "
         "of one image run side by side, each guided into the boxes by Faster R-CNN's training loss as the fast "
         "preset guides, resampled every 4 steps by the boxes the detector finds in them (Object Location Reward), "
-        "and the best one kept (README: Particles).",
+        "and the best one kept (docs/particles.md).",
         [SD_FILE, DETECTOR_FILE, TAESD_FILE],
         f"Object Location Guidance at its defaults (schedule auto, weight {AUTO_WEIGHT:g}). The options node holds "
         "the fast preset's levers (FreeDoM's step, k = 4 in the first 40% of the steps, the gradient at x0, weight "
