@@ -26,6 +26,8 @@ import json
 import os
 import sys
 
+import torch
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 GIB = 2**30
 LATENT = 128  # 1024 px / 8
@@ -44,38 +46,32 @@ VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "
 WEIGHTS_GB = {"sdxl": {"fp16": 2.567e9 * 2 / 1e9}, "flux": {"fp8": 11.9, "bf16": 23.8}}
 CONTEXT_GB, GUIDANCE_NETWORK_GB = 1.0, 0.3  # CUDA context; CLIP ViT-B/16 in fp16
 GPUS_GB = (12, 16, 24)
-DTYPE = None  # torch.bfloat16, set once torch is imported
+DTYPE = torch.bfloat16  # the activations' type: ComfyUI runs SDXL in fp16 and Flux in bf16, both 2 bytes
 
 
-class FusedAttention:
+class FusedAttention(torch.autograd.Function):
     """What fused attention saves for the backward: q, k, v, the output and a log-sum-exp per query row."""
 
-    def __init__(self, torch):
-        class Function(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, q, k, v):
-                out = torch.empty_like(q)
-                ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
-                return out
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
 
-            @staticmethod
-            def backward(ctx, grad):
-                raise NotImplementedError
-
-        self.apply = Function.apply
-
-    def heads(self, q, k, v, heads, skip_reshape=False, **kwargs):
-        """comfy.ldm.modules.attention's signature: (B, N, H·D) in and out, or (B, H, N, D) in with skip_reshape."""
-        if skip_reshape:
-            b, h, n, d = q.shape
-            return self.apply(q, k, v).transpose(1, 2).reshape(b, n, h * d)
-        return self.apply(q, k, v)
-
-    def vae(self, q, k, v):
-        return self.apply(q, k, v)
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
 
 
-def saved_bytes(torch, model, args, blocks=()) -> int:
+def fused_heads(q, k, v, heads, skip_reshape=False, **kwargs):
+    """comfy.ldm.modules.attention's signature: (B, N, H·D) in and out, or (B, H, N, D) in with skip_reshape."""
+    if skip_reshape:
+        b, h, n, d = q.shape
+        return FusedAttention.apply(q, k, v).transpose(1, 2).reshape(b, n, h * d)
+    return FusedAttention.apply(q, k, v)
+
+
+def saved_bytes(model, args, blocks=()) -> int:
     """Bytes autograd saves in `model(*args)`, each storage once. With checkpointed `blocks`, what a block saves
     inside itself is not kept; its inputs are, and its own saves come back one block at a time in the backward
     pass, so the most any one block saves is added."""
@@ -120,16 +116,12 @@ def main():
     from comfy_headless import ComfyHost
 
     comfy_host = ComfyHost(os.environ["COMFYUI_PATH"])
-    import torch
     import comfy.ldm.modules.attention as attention
     import comfy.ldm.modules.diffusionmodules.model as vae_model
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    global DTYPE
-    DTYPE = torch.bfloat16  # the activations' type: ComfyUI runs SDXL in fp16 and Flux in bf16, both 2 bytes
-    fused = FusedAttention(torch)
-    attention.optimized_attention = fused.heads
+    attention.optimized_attention = fused_heads
     outermost_blocks = comfy_host.pack_module("samplers.checkpointing").outermost_blocks
     checkpointed = comfy_host.pack_module("nodes.host_models").CHECKPOINTED_BLOCKS
 
@@ -141,7 +133,7 @@ def main():
     import comfy.ldm.flux.math as flux_math
     from comfy.ldm.flux.model import Flux
 
-    flux_math.optimized_attention = fused.heads
+    flux_math.optimized_attention = fused_heads
     families = comfy_host.pack_module("nodes.stand_in_families").FAMILIES
     small = {family: families[family]["config"] for family in ("sdxl", "flux")}
     taesd = __import__("comfy.taesd.taesd", fromlist=["taesd"])
@@ -162,21 +154,21 @@ def main():
                             "taesd": taesd.Decoder(latent_channels).to(DTYPE)}
             for m in decoders["vae"].modules():
                 if hasattr(m, "optimized_attention"):
-                    m.optimized_attention = fused.vae
-            unet_call = unet_caller(torch, family, net, config)
+                    m.optimized_attention = FusedAttention.apply
+            unet_call = unet_caller(family, net, config)
             parts = {}
             for checkpointing in (False, True):
                 tag = "checkpointing" if checkpointing else "plain"
                 chosen = blocks if checkpointing else ()
                 for branches in ((2, 1) if family == "sdxl" else (1,)):  # Flux dev runs at cfg 1: one branch
-                    parts[f"unet/{branches}/{tag}"] = saved_bytes(torch, unet_call, unet_call.inputs(branches),
+                    parts[f"unet/{branches}/{tag}"] = saved_bytes(unet_call, unet_call.inputs(branches),
                                                                  chosen)
                 for name, scale in (("vae", 1), ("vae_half", 2), ("taesd", 1)):
                     decoder = decoders[name.split("_")[0]]
                     decoder_blocks = blocks_of(decoder)
                     z = torch.empty(1, latent_channels, LATENT // scale, LATENT // scale, dtype=DTYPE,
                                     device="meta", requires_grad=True)
-                    parts[f"{name}/{tag}"] = saved_bytes(torch, decoder, (z,),
+                    parts[f"{name}/{tag}"] = saved_bytes(decoder, (z,),
                                                          decoder_blocks if checkpointing else ())
             results[f"{family}/{size}"] = {k: v / GIB for k, v in parts.items()}
             print(family, size, json.dumps({k: round(v / GIB, 2) for k, v in parts.items()}), flush=True)
@@ -186,7 +178,7 @@ def main():
     print(table(results))
 
 
-def unet_caller(torch, family, net, config):
+def unet_caller(family, net, config):
     """`call(*inputs(batch))`: the UNet or transformer on a 1024 px latent whose input needs a gradient."""
     def inputs(batch):
         with torch.device("meta"):
