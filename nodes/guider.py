@@ -5,11 +5,11 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.samplers
 
-from ..samplers.guided_denoiser import GuidedDenoiser, unsupported
+from ..samplers.guided_denoiser import GuidedDenoiser, check_supported
 from ..samplers.settings import Settings
 from .guidance_options import OPTIONS
 from .host_models import checkpointing, control_networks, guidance_patchers, load_for_guidance
-from .sampler_nodes import GUIDANCE_INPUT
+from .sampler_nodes import GUIDANCE_INPUT, MODEL_INPUT, NEGATIVE_INPUT, POSITIVE_INPUT
 
 # ComfyUI before 2024-04 has no guiders (nor SamplerCustomAdvanced); the node is not registered there.
 HAS_GUIDERS = hasattr(comfy.samplers, "CFGGuider")
@@ -57,9 +57,9 @@ class UniversalGuidanceGuider:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model; it is not changed."}),
-                "positive": ("CONDITIONING", {"tooltip": "The prompt."}),
-                "negative": ("CONDITIONING", {"tooltip": "The negative prompt."}),
+                "model": MODEL_INPUT,
+                "positive": POSITIVE_INPUT,
+                "negative": NEGATIVE_INPUT,
                 "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Classifier-free guidance scale, as in CFGGuider."}),
                 "vae": ("VAE", {"tooltip": "Decodes the denoised latent for the guidance loss; TAESD works."}),
@@ -73,9 +73,7 @@ class UniversalGuidanceGuider:
 
     def get_guider(self, model, positive, negative, cfg, vae, guidance, options=None):
         settings = options or Settings()
-        problems = unsupported(settings)
-        if problems:  # before sampling starts, naming the inputs to change
-            raise ValueError("Universal Guidance Guider cannot run these options: " + "; ".join(problems) + ".")
+        check_supported(settings)  # before sampling starts, naming the inputs to change
         if hasattr(model, "set_additional_models"):  # loads the decoder and networks in the UNet's call
             model = model.clone()
             model.set_additional_models("universal_guidance", [vae.patcher] + guidance_patchers(guidance))

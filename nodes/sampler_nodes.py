@@ -31,6 +31,9 @@ def preset_input(default: str) -> tuple:
 
 
 PRESET = preset_input(DEFAULT)
+MODEL_INPUT = ("MODEL", {"tooltip": "The diffusion model; it is not changed."})
+POSITIVE_INPUT = ("CONDITIONING", {"tooltip": "The prompt."})
+NEGATIVE_INPUT = ("CONDITIONING", {"tooltip": "The negative prompt."})
 GUIDANCE_INPUT = (GUIDANCE, {"tooltip": "What to steer towards: a guidance node's output, or Combine Guidance's."})
 GUIDANCE_VAE = ("VAE", {"tooltip": "A second VAE that only decodes for the guidance loss, such as TAESD: faster, less "
                                    "exact."})
@@ -107,7 +110,7 @@ class UniversalGuidedKSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model; it is not changed."}),
+                "model": MODEL_INPUT,
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
                                  "tooltip": "Seeds the noise, the re-noising between passes and the ddpm step's noise."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
@@ -117,8 +120,8 @@ class UniversalGuidedKSampler:
                 "sampler_name": BASE,
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal",
                                                                    "tooltip": "How the noise levels are spaced."}),
-                "positive": ("CONDITIONING", {"tooltip": "The prompt."}),
-                "negative": ("CONDITIONING", {"tooltip": "The negative prompt."}),
+                "positive": POSITIVE_INPUT,
+                "negative": NEGATIVE_INPUT,
                 "latent_image": ("LATENT", {"tooltip": "The latent to denoise; its noise_mask, if any, limits "
                                                        "sampling and guidance to the masked area."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,

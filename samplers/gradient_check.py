@@ -56,17 +56,17 @@ class GradientCheck:
             return
         reference = at_x0().detach().flatten(1)
         healthy = torch.isfinite(reference).all(1) & (reference != 0).any(1)
-        if (not_finite & healthy).any():
-            self.pending = False
+        blocked_not_finite, blocked_zero = (not_finite & healthy).any(), (zero & healthy).any()
+        if masked and blocked_zero and not blocked_not_finite:
+            if not self.warned:
+                self.warned = True
+                log.warning("Universal guidance: the guidance gradient through the model is zero at the first guided "
+                            "step. The latent's noise mask may keep every cell there (Differential Diffusion does "
+                            "at the first steps); if the result looks unguided, a patch on the MODEL blocks the "
+                            "gradient. %s", FIX)
+            return  # the next gradient is checked too
+        self.pending = False
+        if blocked_not_finite:
             raise blocked("not finite")
-        if not (zero & healthy).any():
-            self.pending = False
-        elif not masked:
-            self.pending = False
+        if blocked_zero:
             raise blocked("zero")
-        elif not self.warned:
-            self.warned = True
-            log.warning("Universal guidance: the guidance gradient through the model is zero at the first guided "
-                        "step. The latent's noise mask may keep every cell there (Differential Diffusion does at "
-                        "the first steps); if the result looks unguided, a patch on the MODEL blocks the gradient. %s",
-                        FIX)

@@ -24,8 +24,14 @@ from .universal_guidance import step_plan
 X0_METHODS = ("ugd", "mpgd")
 
 
-def unsupported(settings: Settings) -> list[str]:
-    """The settings a denoiser-level guidance cannot run, each with what to do; empty if it can run them all."""
+def check_supported(settings: Settings) -> None:
+    """Raise ValueError naming every setting a denoiser-level guidance cannot run, each with what to do."""
+    problems = _unsupported(settings)
+    if problems:
+        raise ValueError("Universal Guidance Guider cannot run these options: " + "; ".join(problems) + ".")
+
+
+def _unsupported(settings: Settings) -> list[str]:
     loop = "use the Universal Guidance Sampler or the Universal Guided KSampler for it"
     problems = []
     if settings.method not in X0_METHODS:
@@ -51,16 +57,14 @@ class GuidedDenoiser:
         decode: differentiable `x0 -> image (B, 3, H, W)` in [0, 1].
         noise_scaling: `model_sampling.noise_scaling`, which gives a(σ) and b(σ).
         sigmas: the run's schedule; the terms' step windows and the settings' are read on it.
-        settings: ugd or mpgd, and the levers that act on x0 (`unsupported` names the others).
+        settings: ugd or mpgd, and the levers that act on x0 (`check_supported` names the others).
         update_mask: 1 where guidance may change x0, 0 where it must not (the latent's noise mask).
     """
 
     def __init__(self, guidance: Sequence[GuidanceTerm], decode: Decode, noise_scaling: NoiseScaling,
                  sigmas: torch.Tensor, settings: Settings, device: torch.device,
                  update_mask: torch.Tensor | None = None, check_interrupt: Callable[[], None] = lambda: None):
-        problems = unsupported(settings)
-        if problems:
-            raise ValueError("Universal Guidance Guider cannot run: " + "; ".join(problems) + ".")
+        check_supported(settings)
         self.settings, self.noise_scaling = settings, noise_scaling
         self.sigmas = sigmas.detach().float().cpu()
         with torch.inference_mode(False):

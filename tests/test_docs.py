@@ -16,18 +16,21 @@ PAGES = [os.path.join(PACK_DIR, "README.md"), *sorted(glob.glob(os.path.join(PAC
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def unfenced(path: str) -> str:
+    """The page without its fenced code blocks, where neither headings nor links are."""
+    return re.sub(r"^```.*?^```", "", open(path, encoding="utf-8").read(), flags=re.S | re.M)
+
+
 def prose(path: str) -> str:
-    """The page without its fenced code blocks and inline code, where brackets are not links."""
-    text = re.sub(r"^```.*?^```", "", open(path, encoding="utf-8").read(), flags=re.S | re.M)
-    return re.sub(r"`[^`\n]*`", "", text)
+    """The page without its code, fenced or inline, where brackets are not links."""
+    return re.sub(r"`[^`\n]*`", "", unfenced(path))
 
 
 def anchors(path: str) -> set[str]:
     """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens, repeats
     numbered."""
     seen, found = {}, set()
-    for heading in re.findall(r"^#{1,6} (.+)$", re.sub(r"^```.*?^```", "", open(path, encoding="utf-8").read(),
-                                                         flags=re.S | re.M), flags=re.M):
+    for heading in re.findall(r"^#{1,6} (.+)$", unfenced(path), flags=re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
         seen[slug] = seen.get(slug, 0) + 1
