@@ -19,7 +19,7 @@ from .parameterization import NoiseScaling, noise_coefficients
 from .precision import GuidancePrecision
 from .settings import Settings
 from .terms import GuidanceTerm
-from .universal_guidance import step_plan
+from .universal_guidance import scaled, step_plan
 
 X0_METHODS = ("ugd", "mpgd")
 
@@ -68,8 +68,7 @@ class GuidedDenoiser:
         self.settings, self.noise_scaling = settings, noise_scaling
         self.sigmas = sigmas.detach().float().cpu()
         with torch.inference_mode(False):
-            self.bound = [(dataclasses.replace(t, weight=t.weight * settings.weight_scale), t.loss.bind(device))
-                          for t in guidance if not t.reward_only]
+            self.bound = [(t, t.loss.bind(device)) for t in scaled(guidance, settings) if not t.reward_only]
             mask = None if update_mask is None else update_mask.clone()
         self.guide = Guide(None, at_reduced_resolution(decode, settings.decode_resolution), settings.gradient,
                            update_mask=mask, check_interrupt=check_interrupt,

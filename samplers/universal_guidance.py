@@ -31,6 +31,11 @@ from .terms import GuidanceTerm
 _RECURRENCE_SEED_SALT = 0x9E3779B97F4A7C15  # keeps re-noising noise apart from the initial noise of the same seed
 
 
+def scaled(guidance: Sequence[GuidanceTerm], settings: Settings) -> list[GuidanceTerm]:
+    """The terms with the settings' weight_scale applied to their weights."""
+    return [replace(term, weight=term.weight * settings.weight_scale) for term in guidance]
+
+
 def step_plan(bound, i: int, steps: int, settings: Settings) -> tuple[bool, list, int]:
     """(whether step i takes forward guidance, its active (term, loss) pairs, its passes), by the windows."""
     forward = i % settings.guidance_every == 0 and i / steps < settings.guidance_end
@@ -84,7 +89,7 @@ def sample_universal_guidance(model, x: torch.Tensor, sigmas: torch.Tensor, extr
     seed = int(extra_args.get("seed") or 0) if seed is None else int(seed)
     losses, polishing = PassLosses(), []
     with torch.inference_mode(False):
-        guidance = [replace(term, weight=term.weight * settings.weight_scale) for term in guidance]
+        guidance = scaled(guidance, settings)
         unwatched = [(term, term.loss.bind(x.device)) for term in guidance]
         bound = [(term, losses.watched(label, fn)) for (term, fn), label in zip(unwatched, term_labels(guidance))
                  if not term.reward_only]
